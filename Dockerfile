@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# CPU image by default:   docker build -t cameo-consent .
+# GPU workers:            docker build --target gpu -t cameo-consent:gpu .
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY consent_service ./consent_service
+COPY policy ./policy
+COPY audit ./audit
+COPY generator_adapter ./generator_adapter
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
+ && /opt/venv/bin/pip install --no-cache-dir .
+
+FROM python:3.11-slim AS cpu
+RUN useradd --system --uid 10001 --home /srv consent && mkdir -p /srv/var && chown consent /srv/var
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH CONSENT_DATA_DIR=/srv/var PYTHONUNBUFFERED=1
+WORKDIR /srv
+USER consent
+EXPOSE 8000
+CMD ["sh", "-c", "consent-admin migrate && uvicorn consent_service.app:create_app --factory --host 0.0.0.0 --port 8000"]
+
+FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 AS gpu
+RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home /srv consent && mkdir -p /srv/var && chown consent /srv/var
+COPY --from=build /src /src
+RUN python3.11 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cu124 torch==2.6.0 \
+ && /opt/venv/bin/pip install --no-cache-dir onnxruntime-gpu==1.20.1 \
+ && /opt/venv/bin/pip install --no-cache-dir /src
+ENV PATH=/opt/venv/bin:$PATH CONSENT_DATA_DIR=/srv/var PYTHONUNBUFFERED=1
+WORKDIR /srv
+USER consent
+CMD ["sh", "-c", "consent-admin migrate && uvicorn consent_service.app:create_app --factory --host 0.0.0.0 --port 8000"]

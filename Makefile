@@ -1,0 +1,39 @@
+# Two set-up commands: `make run` serves the API, `make test` runs the tests.
+# Each bootstraps .venv on its own.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export CONSENT_DATA_DIR ?= var
+
+.PHONY: run test lint bench venv migrate clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+migrate: $(STAMP)
+	$(BIN)/consent-admin migrate
+
+run: migrate
+	$(BIN)/uvicorn consent_service.app:create_app --factory --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check consent_service policy audit generator_adapter tests bench
+	$(BIN)/ruff format --check consent_service policy audit generator_adapter tests bench
+	$(BIN)/mypy consent_service policy audit generator_adapter
+
+bench: $(STAMP)
+	$(BIN)/python bench/consent_check.py
+
+clean:
+	rm -rf $(VENV) var

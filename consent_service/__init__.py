@@ -1,0 +1,1 @@
+"""Cameo consent service: likeness grants, consent checks, receipts and audit."""

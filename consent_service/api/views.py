@@ -1,0 +1,34 @@
+"""Conversions from domain objects to response bodies, shared by the route modules."""
+
+from __future__ import annotations
+
+from consent_service.models import Cameo, Principal
+from consent_service.schemas import CameoChanged, CameoPublic, GrantPublic, PrincipalPublic
+from consent_service.services.cameos import CameoChange
+from consent_service.services.grants import GrantView
+
+
+def principal_public(p: Principal) -> PrincipalPublic:
+    return PrincipalPublic(id=p.id, kind=p.kind, handle=p.handle, display_name=p.display_name)
+
+
+def cameo_public(owner: Principal, cameo: Cameo) -> CameoPublic:
+    return CameoPublic(
+        id=cameo.id,
+        owner_handle=owner.handle,
+        state=cameo.state,
+        audience=cameo.audience,
+        banned_terms=list(cameo.banned_terms),
+        instructions=cameo.instructions,
+        updated_at=cameo.updated_at,
+    )
+
+
+def cameo_changed(change: CameoChange) -> CameoChanged:
+    return CameoChanged(cameo=cameo_public(change.owner, change.cameo), consent_revision=change.revision)
+
+
+def grant_public(g: GrantView) -> GrantPublic:
+    return GrantPublic(
+        grantee_handle=g.grantee_handle, purposes=g.purposes, expires_at=g.expires_at, created_at=g.created_at
+    )

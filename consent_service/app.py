@@ -1,0 +1,80 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import casbin
+from fastapi import FastAPI
+
+from consent_service.api import errors
+from consent_service.api.deps import Runtime
+from consent_service.api.limits import BodyLimit
+from consent_service.api.routes_accounts import router as accounts_router
+from consent_service.api.routes_cameos import router as cameos_router
+from consent_service.api.routes_consent import router as consent_router
+from consent_service.db import make_engine
+from consent_service.receipts import ReceiptKeys, load_or_create_key
+from consent_service.replica import ConsentReplica
+from consent_service.settings import Settings
+from policy.likeness import LikenessPolicy
+
+log = logging.getLogger(__name__)
+POLICY_DIR = Path(__file__).resolve().parent.parent / "policy"
+
+
+def route_enforcer() -> casbin.Enforcer:
+    """The route-level RBAC enforcer over policy/route_model.conf and route_policy.csv."""
+    return casbin.Enforcer(str(POLICY_DIR / "route_model.conf"), str(POLICY_DIR / "route_policy.csv"))
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Connect, load the consent replica and the receipt keys; the expensive part of start-up."""
+    engine = make_engine(settings.resolved_database_url)
+    replica = ConsentReplica(
+        engine=engine,
+        policy=LikenessPolicy(adult_age=settings.adult_age_years),
+        poll_interval=settings.sync_interval_seconds,
+    )
+    replica.load()
+    signing = load_or_create_key(
+        settings.resolved_receipt_key_path, create=settings.environment != "production"
+    )
+    previous = tuple(
+        load_or_create_key(p, create=False).public_key() for p in settings.receipt_previous_key_paths
+    )
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        replica=replica,
+        keys=ReceiptKeys(signing=signing, previous=previous),
+        routes=route_enforcer(),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Nothing connects until start-up; settings are read here, not at import."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = build_runtime(settings)
+        runtime.replica.start()
+        app.state.runtime = runtime
+        log.info("consent service ready at revision %s", runtime.replica.policy.revision)
+        try:
+            yield
+        finally:
+            runtime.replica.stop()
+            runtime.engine.dispose()
+
+    app = FastAPI(title="Cameo consent service", version="0.1.0", lifespan=lifespan)
+    errors.install(app)
+    app.include_router(accounts_router)
+    app.include_router(cameos_router)
+    app.include_router(consent_router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,98 @@
+"""Operator commands: migrate, bootstrap the first admin, issue keys, mark a cameo verified."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+
+from sqlmodel import Session, select
+
+from consent_service.db import make_engine, migrate
+from consent_service.errors import DomainError
+from consent_service.models import CameoState, Principal, PrincipalKind
+from consent_service.services import cameos, principals
+from consent_service.settings import Settings
+
+
+class _OfflineReplica:
+    """The CLI serves no checks; running instances pick the change up from the change log."""
+
+    def catch_up(self) -> int:
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="consent-admin", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply database migrations")
+    boot = sub.add_parser("bootstrap-admin", help="create the first admin and print its API key once")
+    boot.add_argument("--handle", default="admin")
+    create = sub.add_parser("create", help="create a principal and print its API key once")
+    create.add_argument("kind", choices=[k.value for k in PrincipalKind])
+    create.add_argument("handle")
+    create.add_argument("--birth-date", type=date.fromisoformat)
+    create.add_argument("--display-name", default="")
+    key = sub.add_parser("issue-key", help="issue another API key for a principal")
+    key.add_argument("handle")
+    state = sub.add_parser("set-cameo-state", help="admin: set a cameo's state (verified, suspended, ...)")
+    state.add_argument("handle")
+    state.add_argument("state", choices=[s.value for s in CameoState])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `consent-admin`."""
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    url = settings.resolved_database_url
+    if args.command == "migrate":
+        migrate(url)
+        print(f"migrated {url.split('@')[-1]}")
+        return 0
+    engine = make_engine(url)
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            return _run(args, session, engine)
+    except DomainError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+
+
+def _run(args: argparse.Namespace, session: Session, engine: object) -> int:
+    if args.command == "bootstrap-admin":
+        if session.exec(select(Principal).where(Principal.kind == PrincipalKind.admin)).first():
+            print("error: an admin already exists; use `issue-key` for another key", file=sys.stderr)
+            return 2
+        issued = principals.create_principal(
+            session, kind=PrincipalKind.admin, handle=args.handle, created_by=None
+        )
+    elif args.command == "create":
+        issued = principals.create_principal(
+            session,
+            kind=PrincipalKind(args.kind),
+            handle=args.handle,
+            display_name=args.display_name,
+            birth_date=args.birth_date,
+            created_by=None,
+        )
+    elif args.command == "issue-key":
+        issued = principals.issue_key(session, handle=args.handle, issued_by=None)
+    else:
+        change = cameos.set_state(
+            session,
+            _OfflineReplica(),  # type: ignore[arg-type]
+            actor_id=None,
+            handle=args.handle,
+            state=CameoState(args.state),
+        )
+        print(f"@{change.owner.handle}: {change.cameo.state} at consent revision {change.revision}")
+        return 0
+    print(f"{issued.principal.kind} @{issued.principal.handle}\napi key (shown once): {issued.token}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

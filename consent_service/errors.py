@@ -1,0 +1,122 @@
+"""The one domain error hierarchy. Services raise these; the API maps codes to HTTP once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    """Base of every error a service raises on purpose; `code` is stable for clients."""
+
+    code = "domain_error"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class InvalidRequest(DomainError):
+    code = "invalid_request"
+
+
+class TooManyCameos(InvalidRequest):
+    code = "too_many_cameos"
+
+
+class PromptTooLong(InvalidRequest):
+    code = "prompt_too_long"
+
+
+class BodyTooLarge(InvalidRequest):
+    code = "body_too_large"
+
+
+class Unauthenticated(DomainError):
+    code = "unauthenticated"
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class UnknownHandle(NotFound):
+    code = "unknown_handle"
+
+
+class CameoNotFound(NotFound):
+    code = "cameo_not_found"
+
+
+class Conflict(DomainError):
+    code = "conflict"
+
+
+class HandleTaken(Conflict):
+    code = "handle_taken"
+
+
+class CameoExists(Conflict):
+    code = "cameo_exists"
+
+
+class PolicyViolation(DomainError):
+    """A change the consent rules forbid, such as a minor's cameo open to everyone."""
+
+    code = "policy_violation"
+
+
+class MinorAudienceForbidden(PolicyViolation):
+    code = "minor_audience_forbidden"
+
+
+class StaleRevision(DomainError):
+    """This instance cannot answer at the requested revision, so it refuses (fail closed)."""
+
+    code = "revision_unavailable"
+
+
+class ReceiptInvalid(DomainError):
+    code = "receipt_invalid"
+
+
+class ReceiptExpired(ReceiptInvalid):
+    code = "receipt_expired"
+
+
+class ReceiptForged(ReceiptInvalid):
+    code = "receipt_signature_invalid"
+
+
+class ReceiptMalformed(ReceiptInvalid):
+    code = "receipt_malformed"
+
+
+class ReceiptUnknownKey(ReceiptInvalid):
+    code = "receipt_unknown_key"
+
+
+# One table from error class to HTTP status; the most specific class wins.
+HTTP_STATUS: dict[type[DomainError], int] = {
+    BodyTooLarge: 413,
+    InvalidRequest: 422,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    PolicyViolation: 422,
+    StaleRevision: 409,
+    ReceiptInvalid: 422,
+}
+
+
+def http_status_for(error: DomainError) -> int:
+    """HTTP status for a domain error, walking up its class hierarchy."""
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 400

@@ -1,0 +1,159 @@
+"""SQLModel tables. Models validate and hold data; rules live in services."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, **kw))
+
+
+class PrincipalKind(StrEnum):
+    user = "user"
+    platform = "platform"
+    auditor = "auditor"
+    admin = "admin"
+
+
+class CameoState(StrEnum):
+    unverified = "unverified"
+    verified = "verified"
+    suspended = "suspended"
+    deleted = "deleted"
+
+
+class Audience(StrEnum):
+    only_me = "only_me"
+    approved = "approved"
+    mutuals = "mutuals"
+    everyone = "everyone"
+
+
+# Ordered from most to least restrictive; a guardian may only move left.
+AUDIENCE_ORDER = [Audience.only_me, Audience.approved, Audience.mutuals, Audience.everyone]
+
+
+class Principal(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    kind: PrincipalKind = Field(index=True)
+    handle: str = Field(unique=True, index=True, max_length=64)
+    display_name: str = Field(default="", max_length=128)
+    birth_date: date | None = None
+    disabled: bool = False
+    created_at: datetime = _ts()
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_key"
+
+    # The public key id is embedded in the token; only a hash of the secret is stored.
+    id: str = Field(primary_key=True, max_length=32)
+    principal_id: str = Field(foreign_key="principal.id", index=True, max_length=32)
+    secret_hash: str = Field(max_length=128)
+    created_at: datetime = _ts()
+    revoked: bool = False
+
+
+class GuardianLink(SQLModel, table=True):
+    __tablename__ = "guardian_link"
+
+    minor_id: str = Field(foreign_key="principal.id", primary_key=True, max_length=32)
+    guardian_id: str = Field(foreign_key="principal.id", primary_key=True, max_length=32)
+    created_at: datetime = _ts()
+
+
+class Cameo(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    owner_id: str = Field(foreign_key="principal.id", unique=True, max_length=32)
+    state: CameoState = CameoState.unverified
+    audience: Audience = Audience.only_me
+    banned_terms: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    instructions: str = Field(default="", max_length=2000)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class LikenessGrant(SQLModel, table=True):
+    __tablename__ = "likeness_grant"
+    __table_args__ = (UniqueConstraint("cameo_id", "grantee_id"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    cameo_id: str = Field(foreign_key="cameo.id", max_length=32)
+    grantee_id: str = Field(foreign_key="principal.id", index=True, max_length=32)
+    purposes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    created_at: datetime = _ts()
+
+
+class Block(SQLModel, table=True):
+    __tablename__ = "cameo_block"
+
+    cameo_id: str = Field(foreign_key="cameo.id", primary_key=True, max_length=32)
+    blocked_id: str = Field(foreign_key="principal.id", primary_key=True, max_length=32)
+    created_at: datetime = _ts()
+
+
+class Follow(SQLModel, table=True):
+    follower_id: str = Field(foreign_key="principal.id", primary_key=True, max_length=32)
+    followee_id: str = Field(foreign_key="principal.id", primary_key=True, max_length=32)
+    created_at: datetime = _ts()
+
+
+class RevisionCounter(SQLModel, table=True):
+    """A single row; bumping it under a row lock orders all consent changes."""
+
+    __tablename__ = "revision_counter"
+
+    id: int = Field(default=1, primary_key=True)
+    value: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+
+
+class ConsentChange(SQLModel, table=True):
+    """What changed at each revision; every instance replays these in order."""
+
+    __tablename__ = "consent_change"
+
+    revision: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    ops: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts()
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only: there is no update or delete function for these rows anywhere."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (
+        Index("ix_audit_subject_at", "subject_id", "at"),
+        Index("ix_audit_actor_at", "actor_id", "at"),
+    )
+
+    # SQLite only autoincrements an INTEGER primary key, hence the variant.
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    at: datetime = _ts(index=True)
+    actor_id: str | None = Field(default=None, max_length=32)
+    subject_id: str | None = Field(default=None, max_length=32)
+    action: str = Field(index=True, max_length=64)
+    decision: str | None = Field(default=None, max_length=16)
+    reason: str | None = Field(default=None, max_length=64)
+    revision: int | None = Field(default=None, sa_column=Column(BigInteger))
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

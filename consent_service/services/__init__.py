@@ -1,0 +1,1 @@
+"""Service layer: rules and transactions. Routes call exactly one function here."""

@@ -1,0 +1,76 @@
+"""Writing consent changes and audit events, in the caller's transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import text
+from sqlmodel import Session
+
+from consent_service.models import AuditEvent, ConsentChange
+
+NOTIFY_CHANNEL = "consent_changes"
+
+
+@dataclass(frozen=True)
+class Event:
+    """An audit event to be written alongside a change."""
+
+    action: str
+    actor_id: str | None
+    subject_id: str | None = None
+    decision: str | None = None
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def write_event(session: Session, event: Event, *, revision: int | None) -> None:
+    """Add an audit row to the open transaction (append-only; there is no update path)."""
+    session.add(
+        AuditEvent(
+            actor_id=event.actor_id,
+            subject_id=event.subject_id,
+            action=event.action,
+            decision=event.decision,
+            reason=event.reason,
+            revision=revision,
+            details=event.details,
+        )
+    )
+
+
+def record_change(session: Session, *, ops: list[dict[str, Any]], events: list[Event]) -> int:
+    """Bump the consent revision, log the ops for replicas and write audit events; returns the revision.
+
+    The UPDATE takes the counter's row lock until commit, so revisions commit in
+    order and a replica replaying `consent_change` never sees a gap close late.
+    """
+    revision = int(
+        session.execute(
+            text("UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value")
+        ).scalar_one()
+    )
+    session.add(ConsentChange(revision=revision, ops=ops))
+    for event in events:
+        write_event(session, event, revision=revision)
+    if session.get_bind().dialect.name == "postgresql":
+        # Delivered at commit; other instances wake and replay at once.
+        session.execute(
+            text("SELECT pg_notify(:channel, :rev)"), {"channel": NOTIFY_CHANNEL, "rev": str(revision)}
+        )
+    return revision
+
+
+class _CatchesUp(Protocol):
+    def catch_up(self) -> int: ...
+
+
+def commit_change(
+    session: Session, replica: _CatchesUp, *, ops: list[dict[str, Any]], events: list[Event]
+) -> int:
+    """Record, commit, and apply to this instance's replica so the very next check sees it."""
+    revision = record_change(session, ops=ops, events=events)
+    session.commit()
+    replica.catch_up()
+    return revision

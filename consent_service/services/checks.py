@@ -1,0 +1,215 @@
+"""Consent checks for platforms, signed receipts, and receipt status."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import unicodedata
+import uuid
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from consent_service.errors import (
+    InvalidRequest,
+    NotFound,
+    PromptTooLong,
+    ReceiptExpired,
+    ReceiptInvalid,
+    TooManyCameos,
+)
+from consent_service.models import Cameo, Principal
+from consent_service.receipts import ReceiptKeys
+from consent_service.replica import ConsentReplica
+from consent_service.services.changes import Event, write_event
+from consent_service.services.principals import normalize_handle, users_by_handles
+from policy.likeness import Decision, Reason
+
+
+@dataclass(frozen=True)
+class CameoDecision:
+    handle: str
+    cameo_id: str | None
+    allowed: bool
+    reason: str
+    banned_terms: list[str] = field(default_factory=list)
+    instructions: str = ""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check_id: str
+    allowed: bool
+    decisions: list[CameoDecision]
+    revision: int
+    receipt: str | None
+    receipt_expires_at: int | None
+
+
+@dataclass(frozen=True)
+class CheckLimits:
+    max_cameos: int
+    max_prompt_chars: int
+    receipt_ttl: int
+    issuer: str
+    adult_age: int
+
+
+def prompt_sha256(prompt: str) -> str:
+    """Hash of the NFC-normalised prompt, so a receipt binds the exact text checked."""
+    return hashlib.sha256(unicodedata.normalize("NFC", prompt).encode()).hexdigest()
+
+
+def _mentions_banned(prompt: str, terms: list[str]) -> bool:
+    folded = unicodedata.normalize("NFKC", prompt).casefold()
+    return any(term in folded for term in terms)
+
+
+def _validate(cameo_handles: list[str], prompt: str | None, limits: CheckLimits) -> list[str]:
+    handles = list(dict.fromkeys(normalize_handle(h) for h in cameo_handles))
+    if not handles:
+        raise InvalidRequest("name at least one cameo; an empty check authorizes nothing")
+    if len(handles) > limits.max_cameos:
+        raise TooManyCameos(f"at most {limits.max_cameos} cameos per check")
+    if prompt is not None and len(prompt) > limits.max_prompt_chars:
+        raise PromptTooLong(f"prompt is longer than {limits.max_prompt_chars} characters")
+    return handles
+
+
+def check_consent(
+    session: Session,
+    replica: ConsentReplica,
+    keys: ReceiptKeys,
+    *,
+    caller: Principal,
+    actor_handle: str,
+    cameo_handles: list[str],
+    purpose: str,
+    prompt: str | None,
+    at_least_as_fresh: int | None,
+    limits: CheckLimits,
+) -> CheckResult:
+    """Decide whether the actor may use every named cameo; sign a receipt only if all are allowed."""
+    handles = _validate(cameo_handles, prompt, limits)
+    people = users_by_handles(session, handles=[actor_handle, *handles])
+    actor = people[actor_handle]
+    owners = [people[h] for h in handles]
+    replica.ensure_fresh(at_least_as_fresh)
+    now = time.time()
+    decisions = replica.policy.decide_all(
+        actor_id=actor.id,
+        actor_birth_date=actor.birth_date,
+        owner_ids=[o.id for o in owners],
+        purpose=purpose,
+        now=now,
+        today=date.today(),
+    )
+    results = [_result(owner, d, prompt) for owner, d in zip(owners, decisions, strict=True)]
+    revision = decisions[0].revision
+    allowed = all(r.allowed for r in results)
+    check_id = uuid.uuid4().hex
+    digest = prompt_sha256(prompt) if prompt is not None else None
+    receipt = expires = None
+    if allowed:
+        expires = int(now) + limits.receipt_ttl
+        receipt = keys.sign(
+            {
+                "iss": limits.issuer,
+                "jti": check_id,
+                "sub": actor.id,
+                "azp": caller.id,
+                "cameos": [r.cameo_id for r in results],
+                "purpose": purpose,
+                "prompt_sha256": digest,
+                "rev": revision,
+                "iat": int(now),
+                "exp": expires,
+            }
+        )
+    for owner, r in zip(owners, results, strict=True):
+        write_event(
+            session,
+            Event(
+                "consent.check",
+                actor.id,
+                owner.id,
+                decision="allow" if r.allowed else "deny",
+                reason=r.reason,
+                details={
+                    "check_id": check_id,
+                    "caller": caller.id,
+                    "purpose": purpose,
+                    "prompt_sha256": digest,
+                },
+            ),
+            revision=revision,
+        )
+    session.commit()
+    return CheckResult(check_id, allowed, results, revision, receipt, expires)
+
+
+def _result(owner: Principal, decision: Decision, prompt: str | None) -> CameoDecision:
+    terms = list(decision.restrictions.get("banned_terms", []))
+    instructions = str(decision.restrictions.get("instructions", ""))
+    cameo_id = decision.cameo_id
+    allowed, reason = decision.allowed, decision.reason.value
+    if (
+        allowed
+        and prompt is not None
+        and decision.reason is not Reason.self_use
+        and _mentions_banned(prompt, terms)
+    ):
+        allowed, reason = False, Reason.content_restricted.value
+    return CameoDecision(owner.handle, cameo_id, allowed, reason, terms, instructions)
+
+
+@dataclass(frozen=True)
+class ReceiptStatus:
+    valid: bool
+    status: str
+    revision: int
+    reasons: dict[str, str]
+    claims: dict[str, Any]
+
+
+def receipt_status(
+    session: Session, replica: ConsentReplica, keys: ReceiptKeys, *, token: str
+) -> ReceiptStatus:
+    """Is a receipt still good now? Forged or malformed ones raise; expired or revoked say so."""
+    now = time.time()
+    try:
+        claims = keys.verify(token, now=now)
+    except ReceiptExpired:
+        claims = keys.verify(token, now=0)
+        return ReceiptStatus(False, "expired", replica.policy.revision, {}, _public(claims))
+    try:
+        rev, cameo_ids, actor_id = int(claims["rev"]), list(claims["cameos"]), str(claims["sub"])
+        purpose = str(claims["purpose"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReceiptInvalid("receipt lacks required claims") from exc
+    replica.ensure_fresh(rev)
+    actor = session.get(Principal, actor_id)
+    cameos = {c.id: c for c in session.exec(select(Cameo).where(col(Cameo.id).in_(cameo_ids))).all()}
+    if actor is None or len(cameos) != len(set(cameo_ids)):
+        raise NotFound("a principal or cameo named in the receipt no longer exists")
+    decisions = replica.policy.decide_all(
+        actor_id=actor.id,
+        actor_birth_date=actor.birth_date,
+        owner_ids=[cameos[c].owner_id for c in cameo_ids],
+        purpose=purpose,
+        now=now,
+        today=date.today(),
+    )
+    reasons = {c: d.reason.value for c, d in zip(cameo_ids, decisions, strict=True)}
+    valid = all(d.allowed for d in decisions)
+    return ReceiptStatus(
+        valid, "valid" if valid else "revoked", decisions[0].revision, reasons, _public(claims)
+    )
+
+
+def _public(claims: dict[str, Any]) -> dict[str, Any]:
+    """Only pseudonymous ids and times; the status answer carries no personal data."""
+    keep = ("jti", "cameos", "purpose", "rev", "iat", "exp")
+    return {k: claims[k] for k in keep if k in claims}

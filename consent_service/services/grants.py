@@ -1,0 +1,251 @@
+"""Per-person likeness grants, blocks, and follows (mutuals are two opposite follows)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlmodel import Session, select
+
+from consent_service.errors import CameoNotFound, InvalidRequest, NotFound
+from consent_service.models import Block, CameoState, Follow, LikenessGrant, Principal, PrincipalKind
+from consent_service.replica import ConsentReplica, grant_op
+from consent_service.services.cameos import authorize_change, authorize_view, load_cameo
+from consent_service.services.changes import Event, commit_change
+from consent_service.services.principals import get_by_handle
+
+
+class Purpose(StrEnum):
+    generate = "generate"
+    remix = "remix"
+    edit = "edit"
+
+
+@dataclass(frozen=True)
+class GrantView:
+    grantee_handle: str
+    purposes: list[str]
+    expires_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Changed:
+    revision: int
+
+
+def _user(session: Session, handle: str) -> Principal:
+    person = get_by_handle(session, handle=handle)
+    if person.kind is not PrincipalKind.user:
+        raise InvalidRequest(f"@{person.handle} is not a user")
+    return person
+
+
+def _live_cameo(session: Session, handle: str) -> tuple[Principal, object]:
+    owner, cameo = load_cameo(session, handle=handle)
+    if cameo.state is CameoState.deleted:
+        raise CameoNotFound(f"@{owner.handle} has no cameo")
+    return owner, cameo
+
+
+def grant_access(
+    session: Session,
+    replica: ConsentReplica,
+    *,
+    actor: Principal,
+    owner_handle: str,
+    grantee_handle: str,
+    purposes: Sequence[Purpose],
+    expires_at: datetime | None,
+    adult_age: int,
+) -> tuple[GrantView, int]:
+    """Approve a person for the given purposes, replacing any earlier grant to them."""
+    owner, cameo = load_cameo(session, handle=owner_handle)
+    authorize_change(session, actor=actor, owner=owner, tightening=False, adult_age=adult_age)
+    if cameo.state is CameoState.deleted:
+        raise CameoNotFound(f"@{owner.handle} has no cameo")
+    if not purposes:
+        raise InvalidRequest("a grant needs at least one purpose; an empty scope authorizes nothing")
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        if expires_at <= datetime.now(UTC):
+            raise InvalidRequest("expires_at is in the past")
+    grantee = _user(session, grantee_handle)
+    if grantee.id == owner.id:
+        raise InvalidRequest("you always may use your own cameo")
+    grant = session.exec(
+        select(LikenessGrant).where(
+            LikenessGrant.cameo_id == cameo.id, LikenessGrant.grantee_id == grantee.id
+        )
+    ).first() or LikenessGrant(cameo_id=cameo.id, grantee_id=grantee.id)
+    grant.purposes = sorted({str(p) for p in purposes})
+    grant.expires_at = expires_at
+    session.add(grant)
+    session.flush()
+    event = Event(
+        "grant.create",
+        actor.id,
+        owner.id,
+        decision="allow",
+        details={
+            "grantee": grantee.id,
+            "purposes": grant.purposes,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+    )
+    revision = commit_change(session, replica, ops=[grant_op(owner.id, grant)], events=[event])
+    view = GrantView(grantee.handle, grant.purposes, grant.expires_at, grant.created_at)
+    return view, revision
+
+
+def revoke_access(
+    session: Session,
+    replica: ConsentReplica,
+    *,
+    actor: Principal,
+    owner_handle: str,
+    grantee_handle: str,
+    adult_age: int,
+) -> int:
+    """Remove a person's grant; the next check anywhere at this revision denies."""
+    owner, cameo = load_cameo(session, handle=owner_handle)
+    authorize_change(session, actor=actor, owner=owner, tightening=True, adult_age=adult_age)
+    grantee = get_by_handle(session, handle=grantee_handle)
+    grant = session.exec(
+        select(LikenessGrant).where(
+            LikenessGrant.cameo_id == cameo.id, LikenessGrant.grantee_id == grantee.id
+        )
+    ).first()
+    if grant is None:
+        raise NotFound(f"@{grantee.handle} has no grant")
+    session.delete(grant)
+    event = Event("grant.revoke", actor.id, owner.id, decision="deny", details={"grantee": grantee.id})
+    return commit_change(
+        session, replica, ops=[{"op": "ungrant", "owner": owner.id, "grantee": grantee.id}], events=[event]
+    )
+
+
+def list_grants(session: Session, *, viewer: Principal, owner_handle: str, adult_age: int) -> list[GrantView]:
+    """Grants on a cameo, for its owner or a minor's guardian."""
+    owner, cameo = load_cameo(session, handle=owner_handle)
+    authorize_view(session, viewer=viewer, owner=owner, adult_age=adult_age)
+    rows = session.exec(
+        select(LikenessGrant, Principal)
+        .join(Principal, LikenessGrant.grantee_id == Principal.id)  # type: ignore[arg-type]
+        .where(LikenessGrant.cameo_id == cameo.id)
+        .order_by(Principal.handle)
+    ).all()
+    return [GrantView(p.handle, list(g.purposes), g.expires_at, g.created_at) for g, p in rows]
+
+
+def block(
+    session: Session,
+    replica: ConsentReplica,
+    *,
+    actor: Principal,
+    owner_handle: str,
+    blocked_handle: str,
+    adult_age: int,
+) -> int:
+    """Block a person from the cameo whatever the audience or grants say."""
+    owner, cameo = load_cameo(session, handle=owner_handle)
+    authorize_change(session, actor=actor, owner=owner, tightening=True, adult_age=adult_age)
+    blocked = get_by_handle(session, handle=blocked_handle)
+    if blocked.id == owner.id:
+        raise InvalidRequest("you cannot block yourself")
+    if session.get(Block, (cameo.id, blocked.id)) is None:
+        session.add(Block(cameo_id=cameo.id, blocked_id=blocked.id))
+    session.flush()
+    event = Event(
+        "block.create", actor.id, owner.id, decision="deny", reason="blocked", details={"blocked": blocked.id}
+    )
+    return commit_change(
+        session, replica, ops=[{"op": "block", "owner": owner.id, "actor": blocked.id}], events=[event]
+    )
+
+
+def unblock(
+    session: Session,
+    replica: ConsentReplica,
+    *,
+    actor: Principal,
+    owner_handle: str,
+    blocked_handle: str,
+    adult_age: int,
+) -> int:
+    """Lift a block (only the owner: it loosens consent)."""
+    owner, cameo = load_cameo(session, handle=owner_handle)
+    authorize_change(session, actor=actor, owner=owner, tightening=False, adult_age=adult_age)
+    blocked = get_by_handle(session, handle=blocked_handle)
+    row = session.get(Block, (cameo.id, blocked.id))
+    if row is None:
+        raise NotFound(f"@{blocked.handle} is not blocked")
+    session.delete(row)
+    event = Event("block.remove", actor.id, owner.id, details={"blocked": blocked.id})
+    return commit_change(
+        session, replica, ops=[{"op": "unblock", "owner": owner.id, "actor": blocked.id}], events=[event]
+    )
+
+
+def list_blocks(session: Session, *, viewer: Principal, owner_handle: str, adult_age: int) -> list[str]:
+    owner, cameo = load_cameo(session, handle=owner_handle)
+    authorize_view(session, viewer=viewer, owner=owner, adult_age=adult_age)
+    rows = session.exec(
+        select(Principal.handle)
+        .join(Block, Block.blocked_id == Principal.id)  # type: ignore[arg-type]
+        .where(Block.cameo_id == cameo.id)
+        .order_by(Principal.handle)
+    ).all()
+    return list(rows)
+
+
+def follow(session: Session, replica: ConsentReplica, *, actor: Principal, handle: str) -> int:
+    """Follow a user; two opposite follows make mutuals."""
+    if actor.kind is not PrincipalKind.user:
+        raise InvalidRequest("only users follow")
+    target = _user(session, handle)
+    if target.id == actor.id:
+        raise InvalidRequest("you cannot follow yourself")
+    if session.get(Follow, (actor.id, target.id)) is None:
+        session.add(Follow(follower_id=actor.id, followee_id=target.id))
+    session.flush()
+    return commit_change(
+        session,
+        replica,
+        ops=[{"op": "follow", "follower": actor.id, "followee": target.id}],
+        events=[Event("follow.create", actor.id, target.id)],
+    )
+
+
+def unfollow(session: Session, replica: ConsentReplica, *, actor: Principal, handle: str) -> int:
+    """Stop following; ends mutual status, which revokes audience-mutuals access."""
+    target = get_by_handle(session, handle=handle)
+    row = session.get(Follow, (actor.id, target.id))
+    if row is None:
+        raise NotFound(f"you do not follow @{target.handle}")
+    session.delete(row)
+    return commit_change(
+        session,
+        replica,
+        ops=[{"op": "unfollow", "follower": actor.id, "followee": target.id}],
+        events=[Event("follow.remove", actor.id, target.id)],
+    )
+
+
+def list_follows(session: Session, *, actor: Principal) -> dict[str, list[str]]:
+    """Whom the actor follows, who follows them, and the mutuals."""
+    following = session.exec(
+        select(Principal.handle)
+        .join(Follow, Follow.followee_id == Principal.id)  # type: ignore[arg-type]
+        .where(Follow.follower_id == actor.id)
+    ).all()
+    followers = session.exec(
+        select(Principal.handle)
+        .join(Follow, Follow.follower_id == Principal.id)  # type: ignore[arg-type]
+        .where(Follow.followee_id == actor.id)
+    ).all()
+    mutuals = sorted(set(following) & set(followers))
+    return {"following": sorted(following), "followers": sorted(followers), "mutuals": mutuals}

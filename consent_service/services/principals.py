@@ -1,0 +1,149 @@
+"""Principals (users, platforms, auditors, admins), their API keys and guardian links."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import date
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from consent_service.errors import Forbidden, HandleTaken, InvalidRequest, Unauthenticated, UnknownHandle
+from consent_service.models import ApiKey, GuardianLink, Principal, PrincipalKind
+from consent_service.security import new_api_key, parse_token, secret_matches
+from consent_service.services.changes import Event, write_event
+from policy.likeness import is_minor
+
+HANDLE_RE = re.compile(r"^[a-z0-9_][a-z0-9_.]{1,30}$")
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    principal: Principal
+    token: str
+
+
+def normalize_handle(handle: str) -> str:
+    """Canonical handle: NFKC, case-folded, without a leading '@'."""
+    return unicodedata.normalize("NFKC", handle).strip().lstrip("@").casefold()
+
+
+def create_principal(
+    session: Session,
+    *,
+    kind: PrincipalKind,
+    handle: str,
+    display_name: str = "",
+    birth_date: date | None = None,
+    created_by: str | None,
+) -> IssuedKey:
+    """Create a principal with its first API key; the token is shown only in this result."""
+    canonical = normalize_handle(handle)
+    if not HANDLE_RE.fullmatch(canonical):
+        raise InvalidRequest("handle must be 2-31 characters of a-z, 0-9, '_' or '.'")
+    if kind is PrincipalKind.user and birth_date is None:
+        raise InvalidRequest("a user needs a birth date, which decides the minors rules")
+    if birth_date is not None and birth_date > date.today():
+        raise InvalidRequest("birth date is in the future")
+    principal = Principal(kind=kind, handle=canonical, display_name=display_name, birth_date=birth_date)
+    session.add(principal)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        session.rollback()
+        raise HandleTaken(f"handle {canonical!r} is taken") from exc
+    token = _add_key(session, principal)
+    write_event(
+        session,
+        Event("principal.create", created_by, principal.id, details={"kind": str(kind)}),
+        revision=None,
+    )
+    session.commit()
+    session.refresh(principal)
+    return IssuedKey(principal=principal, token=token)
+
+
+def _add_key(session: Session, principal: Principal) -> str:
+    key = new_api_key()
+    session.add(ApiKey(id=key.key_id, principal_id=principal.id, secret_hash=key.secret_hash))
+    write_event(
+        session, Event("api_key.issue", None, principal.id, details={"key_id": key.key_id}), revision=None
+    )
+    return key.token
+
+
+def issue_key(session: Session, *, handle: str, issued_by: str | None) -> IssuedKey:
+    """Issue an additional API key for an existing principal."""
+    principal = get_by_handle(session, handle=handle)
+    token = _add_key(session, principal)
+    write_event(session, Event("api_key.issue_extra", issued_by, principal.id), revision=None)
+    session.commit()
+    return IssuedKey(principal=principal, token=token)
+
+
+def authenticate(session: Session, *, token: str | None) -> Principal:
+    """Resolve a bearer token to an enabled principal, or raise Unauthenticated."""
+    parsed = parse_token(token or "")
+    if parsed is None:
+        raise Unauthenticated("missing or malformed API key")
+    key_id, secret = parsed
+    key = session.get(ApiKey, key_id)
+    if key is None or key.revoked or not secret_matches(secret, key.secret_hash):
+        raise Unauthenticated("invalid API key")
+    principal = session.get(Principal, key.principal_id)
+    if principal is None or principal.disabled:
+        raise Unauthenticated("principal disabled")
+    return principal
+
+
+def get_by_handle(session: Session, *, handle: str) -> Principal:
+    principal = session.exec(select(Principal).where(Principal.handle == normalize_handle(handle))).first()
+    if principal is None:
+        raise UnknownHandle(f"unknown handle {handle!r}", details={"handle": handle})
+    return principal
+
+
+def users_by_handles(session: Session, *, handles: list[str]) -> dict[str, Principal]:
+    """Map each given handle to its user, or raise UnknownHandle naming every unknown one."""
+    canonical = {h: normalize_handle(h) for h in handles}
+    rows = session.exec(
+        select(Principal).where(
+            col(Principal.handle).in_(set(canonical.values())), Principal.kind == PrincipalKind.user
+        )
+    ).all()
+    found = {p.handle: p for p in rows}
+    unknown = sorted(h for h, c in canonical.items() if c not in found)
+    if unknown:
+        raise UnknownHandle(f"unknown handles: {', '.join(unknown)}", details={"handles": unknown})
+    return {h: found[c] for h, c in canonical.items()}
+
+
+def link_guardian(
+    session: Session, *, minor_handle: str, guardian_handle: str, linked_by: str, adult_age: int
+) -> GuardianLink:
+    """Link an adult guardian to a minor user."""
+    minor = get_by_handle(session, handle=minor_handle)
+    guardian = get_by_handle(session, handle=guardian_handle)
+    if minor.kind is not PrincipalKind.user or guardian.kind is not PrincipalKind.user:
+        raise InvalidRequest("guardian links join two users")
+    if not is_minor(minor.birth_date, today=date.today(), adult_age=adult_age):
+        raise InvalidRequest("only a minor can have a guardian")
+    if is_minor(guardian.birth_date, today=date.today(), adult_age=adult_age):
+        raise Forbidden("a guardian must be an adult")
+    link = session.get(GuardianLink, (minor.id, guardian.id))
+    if link is None:
+        link = GuardianLink(minor_id=minor.id, guardian_id=guardian.id)
+        session.add(link)
+        write_event(
+            session,
+            Event("guardian.link", linked_by, minor.id, details={"guardian": guardian.id}),
+            revision=None,
+        )
+        session.commit()
+    return link
+
+
+def is_guardian_of(session: Session, *, guardian_id: str, minor_id: str) -> bool:
+    return session.get(GuardianLink, (minor_id, guardian_id)) is not None

@@ -1,0 +1,54 @@
+"""Service settings, read from the environment with the CONSENT_ prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All configuration in one place; built once by `create_app`, never at import."""
+
+    model_config = SettingsConfigDict(env_prefix="CONSENT_", env_file=None, extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path("var")
+    database_url: str = ""
+
+    # Consent receipts: an Ed25519 key in PEM. Generated under data_dir on
+    # first start outside production; production must point at a real key.
+    receipt_key_path: Path | None = None
+    receipt_previous_key_paths: list[Path] = Field(default_factory=list)
+    receipt_ttl_seconds: int = Field(default=300, ge=1, le=600)
+    receipt_issuer: str = "cameo-consent"
+
+    max_cameos_per_check: int = Field(default=8, ge=1, le=64)
+    max_prompt_chars: int = Field(default=4000, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    page_size_max: int = 500
+
+    # How often an instance pulls consent changes written by other instances
+    # when no PostgreSQL notification arrives; bounds revocation lag.
+    sync_interval_seconds: float = Field(default=0.25, gt=0, le=5)
+    adult_age_years: int = 18
+
+    @model_validator(mode="after")
+    def _refuse_placeholders_in_production(self) -> Settings:
+        if self.environment == "production" and self.receipt_key_path is None:
+            raise ValueError("CONSENT_RECEIPT_KEY_PATH must be set in production")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The configured database URL, or a SQLite file under data_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'consent.db').as_posix()}"
+
+    @property
+    def resolved_receipt_key_path(self) -> Path:
+        """Where the receipt signing key lives."""
+        return self.receipt_key_path or self.data_dir / "receipt_ed25519.pem"

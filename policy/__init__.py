@@ -1,0 +1,1 @@
+"""Casbin models and typed enforcers: route-level RBAC and likeness consent decisions."""
