@@ -13,15 +13,6 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/venv/bin/pip install --no-cache-dir .
 
-FROM python:3.11-slim AS cpu
-RUN useradd --system --uid 10001 --home /srv consent && mkdir -p /srv/var && chown consent /srv/var
-COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH CONSENT_DATA_DIR=/srv/var PYTHONUNBUFFERED=1
-WORKDIR /srv
-USER consent
-EXPOSE 8000
-CMD ["sh", "-c", "consent-admin migrate && uvicorn consent_service.app:create_app --factory --host 0.0.0.0 --port 8000"]
-
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 AS gpu
 RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
  && rm -rf /var/lib/apt/lists/* \
@@ -34,4 +25,14 @@ RUN python3.11 -m venv /opt/venv \
 ENV PATH=/opt/venv/bin:$PATH CONSENT_DATA_DIR=/srv/var PYTHONUNBUFFERED=1
 WORKDIR /srv
 USER consent
+CMD ["sh", "-c", "consent-admin migrate && uvicorn consent_service.app:create_app --factory --host 0.0.0.0 --port 8000"]
+
+# Last stage, so a plain `docker build` gives the CPU image.
+FROM python:3.11-slim AS cpu
+RUN useradd --system --uid 10001 --home /srv consent && mkdir -p /srv/var && chown consent /srv/var
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH CONSENT_DATA_DIR=/srv/var PYTHONUNBUFFERED=1
+WORKDIR /srv
+USER consent
+EXPOSE 8000
 CMD ["sh", "-c", "consent-admin migrate && uvicorn consent_service.app:create_app --factory --host 0.0.0.0 --port 8000"]

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
-import casbin
 from fastapi import FastAPI
 
 from consent_service.api import errors
@@ -21,14 +19,9 @@ from consent_service.receipts import ReceiptKeys, load_or_create_key
 from consent_service.replica import ConsentReplica
 from consent_service.settings import Settings
 from policy.likeness import LikenessPolicy
+from policy.routes import RoutePolicy
 
 log = logging.getLogger(__name__)
-POLICY_DIR = Path(__file__).resolve().parent.parent / "policy"
-
-
-def route_enforcer() -> casbin.Enforcer:
-    """The route-level RBAC enforcer over policy/route_model.conf and route_policy.csv."""
-    return casbin.Enforcer(str(POLICY_DIR / "route_model.conf"), str(POLICY_DIR / "route_policy.csv"))
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -51,7 +44,7 @@ def build_runtime(settings: Settings) -> Runtime:
         engine=engine,
         replica=replica,
         keys=ReceiptKeys(signing=signing, previous=previous),
-        routes=route_enforcer(),
+        routes=RoutePolicy(),
     )
 
 

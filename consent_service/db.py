@@ -9,6 +9,8 @@ from sqlalchemy import Engine, event
 from sqlmodel import create_engine
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# Execution option marking a connection that only reads, so SQLite need not take the write lock.
+READ_ONLY_OPTION = "sqlite_deferred"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -34,7 +36,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             # A deferred transaction that reads and then writes fails at once with
             # SQLITE_BUSY when another writer committed in between; the busy timeout
             # does not apply. Taking the write lock up front makes writers queue.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Pure readers opt out with the `sqlite_deferred` execution option.
+            deferred = conn.get_execution_options().get(READ_ONLY_OPTION)
+            conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
         return engine
     kwargs.setdefault("pool_size", 10)

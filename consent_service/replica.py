@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, select, text
 from sqlmodel import Session, col
 
+from consent_service.db import READ_ONLY_OPTION
 from consent_service.errors import StaleRevision
 from consent_service.models import Block, Cameo, ConsentChange, Follow, LikenessGrant, Principal
 from consent_service.services.changes import NOTIFY_CHANNEL
@@ -84,13 +85,15 @@ class ConsentReplica:
 
     def catch_up(self) -> int:
         """Replay every committed change newer than the replica; returns the replica revision."""
-        with self._catch_up_lock, Session(self.engine) as session:
-            rows = session.execute(
-                select(col(ConsentChange.revision), col(ConsentChange.ops))
-                .where(col(ConsentChange.revision) > self.policy.revision)
-                .order_by(col(ConsentChange.revision))
-            ).all()
-            session.rollback()
+        query = (
+            select(col(ConsentChange.revision), col(ConsentChange.ops))
+            .where(col(ConsentChange.revision) > self.policy.revision)
+            .order_by(col(ConsentChange.revision))
+        )
+        with self._catch_up_lock:
+            with self.engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as conn:
+                rows = conn.execute(query).all()
+                conn.rollback()
             for revision, ops in rows:
                 self.policy.apply(revision, ops)
         return self.policy.revision

@@ -101,7 +101,7 @@ class Api:
         return {"Authorization": f"Bearer {self.keys[who]}"}
 
     def call(self, method: str, url: str, who: str | None = None, **kw: Any) -> Any:
-        headers = self.auth(who) if who else {}
+        headers = {**(self.auth(who) if who else {}), **kw.pop("headers", {})}
         return self.client.request(method, url, headers=headers, **kw)
 
     def principal(self, handle: str, kind: str = "user", birth_date: str | None = "1990-01-01") -> str:

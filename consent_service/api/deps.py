@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-import casbin
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -17,6 +16,7 @@ from consent_service.receipts import ReceiptKeys
 from consent_service.replica import ConsentReplica
 from consent_service.services.principals import authenticate
 from consent_service.settings import Settings
+from policy.routes import RoutePolicy
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Runtime:
     engine: Engine
     replica: ConsentReplica
     keys: ReceiptKeys
-    routes: casbin.Enforcer
+    routes: RoutePolicy
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -59,7 +59,7 @@ def require(obj: str, act: str) -> Callable[..., Principal]:
     """Route guard: the caller's role must be allowed `act` on `obj` by policy/route_policy.csv."""
 
     def guard(principal: CurrentPrincipal, runtime: RuntimeDep) -> Principal:
-        if not runtime.routes.enforce(str(principal.kind), obj, act):
+        if not runtime.routes.allows(role=str(principal.kind), obj=obj, act=act):
             raise Forbidden(f"a {principal.kind} may not {act} {obj}")
         return principal
 

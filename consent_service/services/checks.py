@@ -93,10 +93,11 @@ def check_consent(
 ) -> CheckResult:
     """Decide whether the actor may use every named cameo; sign a receipt only if all are allowed."""
     handles = _validate(cameo_handles, prompt, limits)
+    # Catch up before this session opens a transaction: on SQLite that would hold the lock.
+    replica.ensure_fresh(at_least_as_fresh)
     people = users_by_handles(session, handles=[actor_handle, *handles])
     actor = people[actor_handle]
     owners = [people[h] for h in handles]
-    replica.ensure_fresh(at_least_as_fresh)
     now = time.time()
     decisions = replica.policy.decide_all(
         actor_id=actor.id,

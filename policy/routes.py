@@ -1,0 +1,21 @@
+"""Route-level RBAC: the Casbin model and policy files beside this module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import casbin
+
+POLICY_DIR = Path(__file__).resolve().parent
+ROUTE_MODEL = POLICY_DIR / "route_model.conf"
+ROUTE_POLICY = POLICY_DIR / "route_policy.csv"
+
+
+class RoutePolicy:
+    """May a principal of this kind perform `act` on `obj`? Object ownership is checked in services."""
+
+    def __init__(self, *, model: Path = ROUTE_MODEL, policy: Path = ROUTE_POLICY) -> None:
+        self._enforcer = casbin.Enforcer(str(model), str(policy))
+
+    def allows(self, *, role: str, obj: str, act: str) -> bool:
+        return bool(self._enforcer.enforce(role, obj, act))

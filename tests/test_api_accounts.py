@@ -1,0 +1,98 @@
+"""Accounts and authentication through the API."""
+
+from tests.conftest import minor_birth_date
+
+
+def test_principal_create_returns_key_once_and_stores_hash(api):
+    r = api.call(
+        "POST", "/v1/principals", "root", json={"kind": "user", "handle": "Alice", "birth_date": "1990-01-01"}
+    )
+    assert r.status_code == 201
+    token = r.json()["api_key"]
+    assert r.json()["principal"]["handle"] == "alice"
+    me = api.client.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 200 and me.json()["handle"] == "alice"
+    from sqlmodel import Session, select
+
+    from consent_service.models import ApiKey
+
+    with Session(api.client.app.state.runtime.engine) as s:
+        stored = s.exec(select(ApiKey)).all()
+    assert all(token.split("_", 2)[2] not in k.secret_hash for k in stored)
+
+
+def test_principal_duplicate_handle_conflicts(api):
+    api.principal("alice")
+    r = api.call(
+        "POST", "/v1/principals", "root", json={"kind": "user", "handle": "ALICE", "birth_date": "1990-01-01"}
+    )
+    assert r.status_code == 409 and r.json()["error"]["code"] == "handle_taken"
+
+
+def test_principal_bad_inputs_rejected(api):
+    cases = [
+        ({"kind": "user", "handle": "x y", "birth_date": "1990-01-01"}, "invalid_request"),
+        ({"kind": "user", "handle": "bob"}, "invalid_request"),
+        ({"kind": "user", "handle": "bob", "birth_date": "2999-01-01"}, "invalid_request"),
+        ({"kind": "wizard", "handle": "bob"}, "invalid_request"),
+        ({"kind": "user", "handle": "bob", "birth_date": "1990-01-01", "extra": 1}, "invalid_request"),
+    ]
+    for body, code in cases:
+        r = api.call("POST", "/v1/principals", "root", json=body)
+        assert r.status_code == 422, body
+        assert r.json()["error"]["code"] == code
+
+
+def test_auth_missing_malformed_and_wrong_keys_are_401(api):
+    api.principal("alice")
+    good = api.keys["alice"]
+    for header in [
+        None,
+        "Bearer nope",
+        f"Basic {good}",
+        f"Bearer {good[:-2]}xx",
+        "Bearer csk_0123456789abcdef_forged",
+    ]:
+        headers = {"Authorization": header} if header else {}
+        r = api.client.get("/v1/me", headers=headers)
+        assert r.status_code == 401, header
+        assert r.json()["error"]["code"] == "unauthenticated"
+
+
+def test_issue_extra_key_and_both_work(api):
+    api.principal("alice")
+    r = api.call("POST", "/v1/principals/alice/keys", "root")
+    assert r.status_code == 201
+    second = r.json()["api_key"]
+    assert second != api.keys["alice"]
+    for key in (second, api.keys["alice"]):
+        assert api.client.get("/v1/me", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_guardian_link_rules(api):
+    api.principal("kid", birth_date=minor_birth_date())
+    api.principal("mom")
+    api.principal("teen", birth_date=minor_birth_date())
+    assert (
+        api.call("POST", "/v1/users/kid/guardians", "root", json={"guardian_handle": "mom"}).status_code
+        == 204
+    )
+    r = api.call("POST", "/v1/users/mom/guardians", "root", json={"guardian_handle": "kid"})
+    assert r.status_code == 422  # an adult has no guardian
+    r = api.call("POST", "/v1/users/kid/guardians", "root", json={"guardian_handle": "teen"})
+    assert r.status_code == 403  # a guardian must be an adult
+    r = api.call("POST", "/v1/users/kid/guardians", "root", json={"guardian_handle": "ghost"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_handle"
+
+
+def test_unknown_route_and_method_have_error_bodies(api):
+    r = api.client.get("/v1/nothing-here")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = api.client.put("/v1/consent/checks")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_health_reports_revision(api):
+    r = api.client.get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert isinstance(r.json()["consent_revision"], int)

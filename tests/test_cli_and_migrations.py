@@ -1,0 +1,31 @@
+"""The operator CLI and the Alembic migrations."""
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlmodel import SQLModel
+
+from consent_service import cli
+from consent_service.db import make_engine
+
+
+def test_migrations_match_models(db_url):
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_cli_bootstrap_create_and_verify(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CONSENT_DATABASE_URL", f"sqlite:///{tmp_path}/cli.db")
+    assert cli.main(["migrate"]) == 0
+    assert cli.main(["bootstrap-admin", "--handle", "boss"]) == 0
+    out = capsys.readouterr().out
+    assert "api key (shown once): csk_" in out
+    assert cli.main(["bootstrap-admin"]) == 2  # only the first admin is bootstrapped
+    assert cli.main(["create", "platform", "acme"]) == 0
+    assert cli.main(["create", "user", "alice", "--birth-date", "1990-01-01"]) == 0
+    assert cli.main(["issue-key", "acme"]) == 0
+    assert cli.main(["set-cameo-state", "alice", "verified"]) == 2  # alice has no cameo yet
+    assert "cameo_not_found" in capsys.readouterr().err
+    assert cli.main(["create", "user", "alice", "--birth-date", "1990-01-01"]) == 2

@@ -1,0 +1,42 @@
+"""The indexed Casbin policy container: counts, removal, and the union filter."""
+
+from policy.index import PairIndexedPolicy
+
+
+def test_index_counts_add_and_remove_without_scanning():
+    policy = PairIndexedPolicy()
+    rows = [
+        ("bob", "alice", "generate", "", "allow", "granted"),
+        ("@everyone", "alice", "*", "", "allow", "x"),
+        ("carl", "dora", "*", "", "deny", "blocked"),
+    ]
+    for row in rows:
+        policy.append(row)
+    policy.append(rows[0])  # duplicates are not counted twice
+    assert len(policy) == 3
+    assert list(rows[0]) in policy and ("zed", "alice", "*", "", "allow", "x") not in policy
+    assert policy.remove(rows[0]) is True
+    assert policy.remove(rows[0]) is False
+    assert len(policy) == 2
+
+
+def test_index_filter_unions_pair_and_audience_rows():
+    policy = PairIndexedPolicy()
+    policy.append(("bob", "alice", "generate", "", "allow", "granted"))
+    policy.append(("@mutuals", "alice", "*", "", "allow", "audience_mutuals"))
+    policy.append(("carl", "alice", "*", "", "deny", "blocked"))
+    policy.append(("bob", "dora", "*", "", "deny", "blocked"))
+    policy.apply_filter("alice", "bob")
+    assert sorted(r[0] for r in policy) == ["@mutuals", "bob"]
+    assert len(policy) == 2
+    policy.clear_filter()
+    assert len(policy) == 4 and len(list(policy)) == 4
+
+
+def test_index_drops_empty_buckets():
+    policy = PairIndexedPolicy()
+    row = ("bob", "alice", "generate", "", "allow", "granted")
+    policy.append(row)
+    policy.remove(row)
+    assert policy.rows_for(owner="alice", actor="bob") == []
+    assert policy._index == {}
