@@ -14,7 +14,7 @@ from consent_service.api.limits import BodyLimit
 from consent_service.api.routes_accounts import router as accounts_router
 from consent_service.api.routes_cameos import router as cameos_router
 from consent_service.api.routes_consent import router as consent_router
-from consent_service.db import make_engine
+from consent_service.db import WalCheckpointer, make_engine
 from consent_service.receipts import ReceiptKeys, load_or_create_key
 from consent_service.replica import ConsentReplica
 from consent_service.settings import Settings
@@ -56,11 +56,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = build_runtime(settings)
         runtime.replica.start()
+        checkpointer = WalCheckpointer(runtime.engine)
+        checkpointer.start()
         app.state.runtime = runtime
         log.info("consent service ready at revision %s", runtime.replica.policy.revision)
         try:
             yield
         finally:
+            checkpointer.stop()
             runtime.replica.stop()
             runtime.engine.dispose()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import date
+from typing import Any
 
 from sqlmodel import Session, select
 
@@ -18,8 +19,8 @@ from consent_service.settings import Settings
 class _OfflineReplica:
     """The CLI serves no checks; running instances pick the change up from the change log."""
 
-    def catch_up(self) -> int:
-        return 0
+    def apply_own(self, revision: int, ops: list[dict[str, Any]]) -> int:
+        return revision
 
 
 def _parser() -> argparse.ArgumentParser:

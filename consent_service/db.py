@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, event
-from sqlmodel import create_engine
+from sqlalchemy import Connection, Engine, event
+from sqlmodel import Session, create_engine
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# Execution option marking a connection that only reads, so SQLite need not take the write lock.
-READ_ONLY_OPTION = "sqlite_deferred"
+AUTOCHECKPOINT_BACKSTOP_PAGES = 20_000
+# Execution option that opens a SQLite transaction with the write lock (see write_transaction).
+WRITE_OPTION = "sqlite_write"
+_writing = threading.local()
+_WRITER_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -29,21 +38,104 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # Checkpoints fsync; a committing request should not pay for one. The
+            # WalCheckpointer runs them in the background, this is only the backstop.
+            cur.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_BACKSTOP_PAGES}")
             cur.close()
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
             # A deferred transaction that reads and then writes fails at once with
-            # SQLITE_BUSY when another writer committed in between; the busy timeout
-            # does not apply. Taking the write lock up front makes writers queue.
-            # Pure readers opt out with the `sqlite_deferred` execution option.
-            deferred = conn.get_execution_options().get(READ_ONLY_OPTION)
-            conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+            # SQLITE_BUSY when another writer committed in between (the busy timeout
+            # does not apply), so writers take the lock up front; readers do not.
+            immediate = conn.get_execution_options().get(WRITE_OPTION)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
+        _WRITER_LOCKS[engine] = threading.Lock()
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+class WalCheckpointer:
+    """Runs SQLite WAL checkpoints off the request path, once a second."""
+
+    def __init__(self, engine: Engine, *, interval: float = 1.0) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._engine.dialect.name != "sqlite":
+            return
+        self._thread = threading.Thread(target=self._run, name="sqlite-wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                raw = self._engine.raw_connection()
+                try:
+                    raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+                finally:
+                    raw.close()
+            except Exception:
+                logging.getLogger(__name__).exception("WAL checkpoint failed; will retry")
+
+
+@contextmanager
+def write_transaction(session: Session) -> Iterator[None]:
+    """Run the body as this session's one write transaction; the body commits.
+
+    On SQLite, writers of this process queue on a lock here instead of in
+    SQLite's sleep-and-retry busy handler, which adds milliseconds per wait.
+    Nested use joins the outer transaction.
+    """
+    if getattr(_writing, "active", False):
+        yield
+        return
+    if session.in_transaction():
+        session.commit()  # end a read transaction (e.g. authentication) before taking the lock
+    bind = session.get_bind()
+    lock = _WRITER_LOCKS.get(bind.engine) if isinstance(bind, Engine | Connection) else None
+    _writing.active = True
+    try:
+        if lock is None:
+            yield
+            return
+        with lock:
+            session.connection(execution_options={WRITE_OPTION: True})
+            try:
+                yield
+            finally:
+                if session.in_transaction():
+                    session.rollback()
+    finally:
+        _writing.active = False
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def writes(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a service whose first argument is the Session: it runs in write_transaction."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        session = args[0]
+        assert isinstance(session, Session)
+        with write_transaction(session):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def alembic_config(url: str) -> Any:

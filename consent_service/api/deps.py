@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -30,7 +31,11 @@ class Runtime:
     routes: RoutePolicy
 
 
-def get_runtime(request: Request) -> Runtime:
+# Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` one on
+# the thread pool, and each hop costs a thread hand-off under the GIL.
+
+
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -38,9 +43,13 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_session(runtime: RuntimeDep) -> Iterator[Session]:
-    with Session(runtime.engine, expire_on_commit=False) as session:
+async def get_session(runtime: RuntimeDep) -> AsyncIterator[Session]:
+    # Creating a Session does no I/O; the first query happens in a threaded route.
+    session = Session(runtime.engine, expire_on_commit=False)
+    try:
         yield session
+    finally:
+        await run_in_threadpool(session.close)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -55,10 +64,10 @@ def get_principal(request: Request, session: SessionDep) -> Principal:
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
-def require(obj: str, act: str) -> Callable[..., Principal]:
+def require(obj: str, act: str) -> Callable[..., Awaitable[Principal]]:
     """Route guard: the caller's role must be allowed `act` on `obj` by policy/route_policy.csv."""
 
-    def guard(principal: CurrentPrincipal, runtime: RuntimeDep) -> Principal:
+    async def guard(principal: CurrentPrincipal, runtime: RuntimeDep) -> Principal:
         if not runtime.routes.allows(role=str(principal.kind), obj=obj, act=act):
             raise Forbidden(f"a {principal.kind} may not {act} {obj}")
         return principal

@@ -7,6 +7,7 @@ from datetime import date
 
 from sqlmodel import Session, select
 
+from consent_service.db import writes
 from consent_service.errors import (
     CameoExists,
     CameoNotFound,
@@ -79,6 +80,7 @@ def authorize_view(session: Session, *, viewer: Principal, owner: Principal, adu
     raise Forbidden("you may only see your own cameo")
 
 
+@writes
 def create_cameo(session: Session, replica: ConsentReplica, *, actor: Principal) -> CameoChange:
     """Create the actor's one cameo (unverified, audience only_me), or revive a deleted one."""
     if actor.kind is not PrincipalKind.user:
@@ -118,6 +120,7 @@ def _clean_terms(terms: list[str]) -> list[str]:
     return cleaned
 
 
+@writes
 def update_settings(
     session: Session,
     replica: ConsentReplica,
@@ -161,6 +164,7 @@ def update_settings(
     return CameoChange(cameo, owner, revision)
 
 
+@writes
 def set_state(
     session: Session,
     replica: ConsentReplica,
@@ -191,6 +195,7 @@ def set_state(
     return CameoChange(cameo, owner, revision)
 
 
+@writes
 def delete_cameo(
     session: Session, replica: ConsentReplica, *, actor: Principal, handle: str, adult_age: int
 ) -> CameoChange:
@@ -200,6 +205,7 @@ def delete_cameo(
     return set_state(session, replica, actor_id=actor.id, handle=handle, state=CameoState.deleted)
 
 
+@writes
 def moderate(
     session: Session, replica: ConsentReplica, *, actor: Principal, handle: str, suspend: bool, reason: str
 ) -> CameoChange:

@@ -62,15 +62,15 @@ def record_change(session: Session, *, ops: list[dict[str, Any]], events: list[E
     return revision
 
 
-class _CatchesUp(Protocol):
-    def catch_up(self) -> int: ...
+class _Replica(Protocol):
+    def apply_own(self, revision: int, ops: list[dict[str, Any]]) -> int: ...
 
 
 def commit_change(
-    session: Session, replica: _CatchesUp, *, ops: list[dict[str, Any]], events: list[Event]
+    session: Session, replica: _Replica, *, ops: list[dict[str, Any]], events: list[Event]
 ) -> int:
     """Record, commit, and apply to this instance's replica so the very next check sees it."""
     revision = record_change(session, ops=ops, events=events)
     session.commit()
-    replica.catch_up()
+    replica.apply_own(revision, ops)
     return revision

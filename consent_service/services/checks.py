@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from consent_service.db import write_transaction
 from consent_service.errors import (
     InvalidRequest,
     NotFound,
@@ -129,6 +130,33 @@ def check_consent(
                 "exp": expires,
             }
         )
+    with write_transaction(session):
+        _record_check(
+            session,
+            actor=actor,
+            caller=caller,
+            owners=owners,
+            results=results,
+            check_id=check_id,
+            purpose=purpose,
+            digest=digest,
+            revision=revision,
+        )
+    return CheckResult(check_id, allowed, results, revision, receipt, expires)
+
+
+def _record_check(
+    session: Session,
+    *,
+    actor: Principal,
+    caller: Principal,
+    owners: list[Principal],
+    results: list[CameoDecision],
+    check_id: str,
+    purpose: str,
+    digest: str | None,
+    revision: int,
+) -> None:
     for owner, r in zip(owners, results, strict=True):
         write_event(
             session,
@@ -148,7 +176,6 @@ def check_consent(
             revision=revision,
         )
     session.commit()
-    return CheckResult(check_id, allowed, results, revision, receipt, expires)
 
 
 def _result(owner: Principal, decision: Decision, prompt: str | None) -> CameoDecision:

@@ -9,6 +9,7 @@ from enum import StrEnum
 
 from sqlmodel import Session, select
 
+from consent_service.db import writes
 from consent_service.errors import CameoNotFound, InvalidRequest, NotFound
 from consent_service.models import Block, CameoState, Follow, LikenessGrant, Principal, PrincipalKind
 from consent_service.replica import ConsentReplica, grant_op
@@ -50,6 +51,7 @@ def _live_cameo(session: Session, handle: str) -> tuple[Principal, object]:
     return owner, cameo
 
 
+@writes
 def grant_access(
     session: Session,
     replica: ConsentReplica,
@@ -96,11 +98,19 @@ def grant_access(
             "expires_at": expires_at.isoformat() if expires_at else None,
         },
     )
-    revision = commit_change(session, replica, ops=[grant_op(owner.id, grant)], events=[event])
+    revision = commit_change(
+        session,
+        replica,
+        ops=[
+            grant_op(owner_id=owner.id, grantee_id=grantee.id, purposes=grant.purposes, expires_at=expires_at)
+        ],
+        events=[event],
+    )
     view = GrantView(grantee.handle, grant.purposes, grant.expires_at, grant.created_at)
     return view, revision
 
 
+@writes
 def revoke_access(
     session: Session,
     replica: ConsentReplica,
@@ -141,6 +151,7 @@ def list_grants(session: Session, *, viewer: Principal, owner_handle: str, adult
     return [GrantView(p.handle, list(g.purposes), g.expires_at, g.created_at) for g, p in rows]
 
 
+@writes
 def block(
     session: Session,
     replica: ConsentReplica,
@@ -167,6 +178,7 @@ def block(
     )
 
 
+@writes
 def unblock(
     session: Session,
     replica: ConsentReplica,
@@ -202,6 +214,7 @@ def list_blocks(session: Session, *, viewer: Principal, owner_handle: str, adult
     return list(rows)
 
 
+@writes
 def follow(session: Session, replica: ConsentReplica, *, actor: Principal, handle: str) -> int:
     """Follow a user; two opposite follows make mutuals."""
     if actor.kind is not PrincipalKind.user:
@@ -220,6 +233,7 @@ def follow(session: Session, replica: ConsentReplica, *, actor: Principal, handl
     )
 
 
+@writes
 def unfollow(session: Session, replica: ConsentReplica, *, actor: Principal, handle: str) -> int:
     """Stop following; ends mutual status, which revokes audience-mutuals access."""
     target = get_by_handle(session, handle=handle)

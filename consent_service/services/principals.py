@@ -10,6 +10,7 @@ from datetime import date
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from consent_service.db import writes
 from consent_service.errors import Forbidden, HandleTaken, InvalidRequest, Unauthenticated, UnknownHandle
 from consent_service.models import ApiKey, GuardianLink, Principal, PrincipalKind
 from consent_service.security import new_api_key, parse_token, secret_matches
@@ -30,6 +31,7 @@ def normalize_handle(handle: str) -> str:
     return unicodedata.normalize("NFKC", handle).strip().lstrip("@").casefold()
 
 
+@writes
 def create_principal(
     session: Session,
     *,
@@ -74,6 +76,7 @@ def _add_key(session: Session, principal: Principal) -> str:
     return key.token
 
 
+@writes
 def issue_key(session: Session, *, handle: str, issued_by: str | None) -> IssuedKey:
     """Issue an additional API key for an existing principal."""
     principal = get_by_handle(session, handle=handle)
@@ -120,6 +123,7 @@ def users_by_handles(session: Session, *, handles: list[str]) -> dict[str, Princ
     return {h: found[c] for h, c in canonical.items()}
 
 
+@writes
 def link_guardian(
     session: Session, *, minor_handle: str, guardian_handle: str, linked_by: str, adult_age: int
 ) -> GuardianLink:

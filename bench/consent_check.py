@@ -1,0 +1,374 @@
+"""Consent-check benchmark: decision latency by size, grant/revoke at 1M, HTTP, cross-instance revocation.
+
+Writes bench/results/consent_check.json. Run with `make bench` or
+`python bench/consent_check.py [--sizes 1000 100000 1000000] [--skip-http] [--skip-pg]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results" / "consent_check.json"
+PG_URL = os.environ.get("CONSENT_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/consent_bench")
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 4)
+
+
+def in_process(size: int) -> dict:
+    """One size, in this process: build, load, decide, then grant and revoke through the services."""
+    from sqlmodel import Session
+
+    from bench.dataset import sample
+    from consent_service.db import make_engine
+    from consent_service.replica import ConsentReplica
+    from consent_service.services import grants
+    from consent_service.services.principals import get_by_handle
+    from policy.likeness import LikenessPolicy
+
+    tmp = tempfile.mkdtemp(prefix="consent-bench-")
+    url = f"sqlite:///{tmp}/bench.db"
+    t0 = time.perf_counter()
+    # Build in a child process so this process's RSS is the replica's, not the generator's.
+    subprocess.run([sys.executable, __file__, "--build-only", str(size), url], check=True, cwd=ROOT)
+    build_s = time.perf_counter() - t0
+    data = sample(url, n=5_000)
+    rss_before = _rss_mb()
+    engine = make_engine(url)
+    replica = ConsentReplica(engine=engine, policy=LikenessPolicy())
+    t0 = time.perf_counter()
+    replica.load()
+    load_s = time.perf_counter() - t0
+    rss_after = _rss_mb()
+    policy = replica.policy
+    rules_loaded = policy.rule_count
+    rng = random.Random(1)
+    today, birth = date.today(), date(1990, 1, 1)
+    lat, allowed = [], 0
+    n_checks = 20_000
+    for i in range(n_checks):
+        if i % 2 == 0:
+            owner, actor = data.granted[rng.randrange(len(data.granted))]
+        else:
+            owner, actor = rng.choice(data.owner_ids), rng.choice(data.grantee_ids)
+        now = time.time()
+        t = time.perf_counter()
+        d = policy.decide(
+            actor_id=actor, actor_birth_date=birth, owner_id=owner, purpose="generate", now=now, today=today
+        )
+        lat.append(time.perf_counter() - t)
+        allowed += d.allowed
+    # Grant and revoke through the full service path: DB transaction, audit row, change log, replica apply.
+    owner_id, owner_handle = data.owner_ids[0], data.owner_handle
+    grant_lat, revoke_lat, apply_lat = [], [], []
+    n_changes = 500
+    with Session(engine, expire_on_commit=False) as session:
+        owner = get_by_handle(session, handle=owner_handle)
+        pool = data.fresh_grantees[:n_changes]
+        for handle in pool:
+            t = time.perf_counter()
+            grants.grant_access(
+                session,
+                replica,
+                actor=owner,
+                owner_handle=owner_handle,
+                grantee_handle=handle,
+                purposes=["remix"],
+                expires_at=None,
+                adult_age=18,
+            )  # type: ignore[list-item]
+            grant_lat.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            grants.revoke_access(
+                session, replica, actor=owner, owner_handle=owner_handle, grantee_handle=handle, adult_age=18
+            )
+            revoke_lat.append(time.perf_counter() - t)
+    # The enforcer's own cost of one change, without the database.
+    rev = policy.revision
+    for i in range(5_000):
+        op = {"op": "grant", "owner": owner_id, "grantee": f"x{i}", "purposes": ["generate"], "expires": None}
+        t = time.perf_counter()
+        policy.apply(rev + 1, [op])
+        apply_lat.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        policy.apply(rev + 2, [{"op": "ungrant", "owner": owner_id, "grantee": f"x{i}"}])
+        apply_lat.append(time.perf_counter() - t)
+        rev += 2
+    engine.dispose()
+    return {
+        "grants": size,
+        "rules_loaded": rules_loaded,
+        "build_db_s": round(build_s, 1),
+        "load_s": round(load_s, 2),
+        "rss_mb_before_load": round(rss_before),
+        "rss_mb_after_load": round(rss_after),
+        "decision": {
+            "n": n_checks,
+            "allowed": allowed,
+            "p50_ms": _pct(lat, 0.5),
+            "p99_ms": _pct(lat, 0.99),
+            "mean_ms": round(statistics.fmean(lat) * 1000, 4),
+        },
+        "grant_service_sqlite": {
+            "n": len(grant_lat),
+            "p50_ms": _pct(grant_lat, 0.5),
+            "p99_ms": _pct(grant_lat, 0.99),
+        },
+        "revoke_service_sqlite": {
+            "n": len(revoke_lat),
+            "p50_ms": _pct(revoke_lat, 0.5),
+            "p99_ms": _pct(revoke_lat, 0.99),
+        },
+        "enforcer_apply": {
+            "n": len(apply_lat),
+            "p50_ms": _pct(apply_lat, 0.5),
+            "p99_ms": _pct(apply_lat, 0.99),
+        },
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(url: str, port: int, data_dir: str, extra_env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "CONSENT_DATABASE_URL": url, "CONSENT_DATA_DIR": data_dir, **(extra_env or {})}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "consent_service.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def http_load(rates: list[int], seconds: float) -> dict:
+    """Drive a real uvicorn server from a second process at fixed request rates."""
+    from bench.dataset import build
+
+    tmp = tempfile.mkdtemp(prefix="consent-http-")
+    url = f"sqlite:///{tmp}/http.db"
+    data = build(url, grants=100_000)
+    rng = random.Random(3)
+    bodies = []
+    for _ in range(2000):
+        oi, gi = data.granted[rng.randrange(len(data.granted))]
+        bodies.append(
+            {
+                "actor_handle": data.grantees[gi][1],
+                "cameo_handles": [data.owners[oi][1]],
+                "prompt": f"@{data.owners[oi][1]} waves at the camera",
+            }
+        )
+    body_file = Path(tmp) / "bodies.json"
+    body_file.write_text(json.dumps(bodies))
+    port = _free_port()
+    server = _serve(url, port, tmp)
+    runs = []
+    try:
+        for rate in rates:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "loadgen.py"),
+                    "--port",
+                    str(port),
+                    "--token",
+                    data.platform_token,
+                    "--bodies",
+                    str(body_file),
+                    "--rate",
+                    str(rate),
+                    "--seconds",
+                    str(seconds),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
+            )
+            runs.append(json.loads(out.stdout))
+            print("http", runs[-1], flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {
+        "grants": 100_000,
+        "database": "sqlite",
+        "server": "uvicorn, 1 process",
+        "seconds_per_rate": seconds,
+        "each_check": "1 cameo, audit row committed, Ed25519 receipt signed",
+        "runs": runs,
+    }
+
+
+def revocation_lag(trials: int) -> dict:
+    """Two server processes on one PostgreSQL: revoke through A, time until B denies."""
+    import httpx
+
+    from bench.dataset import build, reset_postgres
+
+    reset_postgres(PG_URL)
+    data = build(PG_URL, grants=10_000)
+    tmp = tempfile.mkdtemp(prefix="consent-pg-")
+    from sqlmodel import Session
+
+    from consent_service.db import make_engine
+    from consent_service.services.principals import issue_key
+
+    engine = make_engine(PG_URL)
+    with Session(engine, expire_on_commit=False) as s:
+        owner_key = issue_key(s, handle=data.owners[0][1], issued_by=None).token
+    engine.dispose()
+    pa, pb = _free_port(), _free_port()
+    a, b = _serve(PG_URL, pa, tmp), _serve(PG_URL, pb, tmp)
+    plat = {"Authorization": f"Bearer {data.platform_token}"}
+    owner = {"Authorization": f"Bearer {owner_key}"}
+    owner_handle = data.owners[0][1]
+    lags, token_fresh = [], 0
+    try:
+        with (
+            httpx.Client(base_url=f"http://127.0.0.1:{pa}") as ca,
+            httpx.Client(base_url=f"http://127.0.0.1:{pb}") as cb,
+        ):
+            for i in range(trials):
+                grantee = data.grantees[-(i + 1)][1]
+                body = {"actor_handle": grantee, "cameo_handles": [owner_handle]}
+                r = ca.post(
+                    f"/v1/cameos/{owner_handle}/grants",
+                    headers=owner,
+                    json={"grantee_handle": grantee, "purposes": ["generate"]},
+                )
+                rev = r.json()["consent_revision"]
+                assert cb.post(
+                    "/v1/consent/checks", headers=plat, json={**body, "at_least_as_fresh": rev}
+                ).json()["allowed"]
+                t = time.perf_counter()
+                rev = ca.delete(f"/v1/cameos/{owner_handle}/grants/{grantee}", headers=owner).json()[
+                    "consent_revision"
+                ]
+                if i % 2 == 0:
+                    # With the token: the very first check on B must already deny.
+                    d = cb.post(
+                        "/v1/consent/checks", headers=plat, json={**body, "at_least_as_fresh": rev}
+                    ).json()
+                    token_fresh += not d["allowed"]
+                    continue
+                while cb.post("/v1/consent/checks", headers=plat, json=body).json()["allowed"]:
+                    time.sleep(0.002)
+                lags.append(time.perf_counter() - t)
+    finally:
+        for p in (a, b):
+            p.terminate()
+            p.wait(timeout=30)
+    return {
+        "database": "postgresql",
+        "grants": 10_000,
+        "trials_without_token": len(lags),
+        "lag_ms_median": round(statistics.median(lags) * 1000, 1),
+        "lag_ms_max": round(max(lags) * 1000, 1),
+        "trials_with_token": trials - len(lags),
+        "with_token_denied_on_first_check": token_fresh,
+        "mechanism": "LISTEN/NOTIFY wake-up, then replay of consent_change; 250 ms polling floor",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1_000, 100_000, 1_000_000])
+    ap.add_argument("--rates", type=int, nargs="*", default=[100, 200, 400, 800, 1500])
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--skip-pg", action="store_true")
+    ap.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--build-only", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.build_only:
+        from bench.dataset import build
+
+        build(a.build_only[1], grants=int(a.build_only[0]))
+        return
+    if a.one_size:
+        json.dump(in_process(a.one_size), sys.stdout)
+        return
+    result: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    sizes = []
+    for size in a.sizes:  # each size in a fresh process, so RSS is its own
+        out = subprocess.run(
+            [sys.executable, __file__, "--one-size", str(size)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
+        sizes.append(json.loads(out.stdout))
+        print("size", sizes[-1], flush=True)
+    result["in_process"] = sizes
+    if sizes:
+        p99s = [s["decision"]["p99_ms"] for s in sizes]
+        result["decision_p99_spread"] = round(max(p99s) / min(p99s) - 1, 3)
+    if not a.skip_http:
+        result["http"] = http_load(a.rates, a.seconds)
+    if not a.skip_pg:
+        result["revocation_lag"] = revocation_lag(trials=40)
+        print("pg", result["revocation_lag"], flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""A small open-loop HTTP/1.1 load generator on keep-alive sockets (run as its own process).
+
+Latency is measured from each request's scheduled send time, so a stalled
+server cannot hide queueing delay (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+
+
+async def _one_connection(host, port, requests, slots, results, stop_at):
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while True:
+            scheduled = await slots.get()
+            if scheduled is None or time.perf_counter() > stop_at:
+                return
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            writer.write(random.choice(requests))
+            await writer.drain()
+            status_line = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            results.append((time.perf_counter() - scheduled, int(status_line.split()[1])))
+    finally:
+        writer.close()
+
+
+async def run(host, port, path, token, bodies, rate, seconds, connections):
+    requests = [
+        (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(b)}\r\n\r\n"
+        ).encode()
+        + b
+        for b in bodies
+    ]
+    slots: asyncio.Queue = asyncio.Queue()
+    results: list[tuple[float, int]] = []
+    start = time.perf_counter() + 0.2
+    total = int(rate * seconds)
+    for i in range(total):
+        slots.put_nowait(start + i / rate)
+    for _ in range(connections):
+        slots.put_nowait(None)
+    stop_at = start + seconds + 5
+    await asyncio.gather(
+        *[_one_connection(host, port, requests, slots, results, stop_at) for _ in range(connections)]
+    )
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    lat = sorted(r[0] for r in results)
+    ok = sum(1 for r in results if r[1] == 200)
+
+    def q(p):
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else None
+
+    return {
+        "target_rps": rate,
+        "achieved_rps": round(len(results) / elapsed, 1),
+        "requests": len(results),
+        "ok": ok,
+        "p50_ms": q(0.50),
+        "p90_ms": q(0.90),
+        "p99_ms": q(0.99),
+        "max_ms": q(1.0),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--token", required=True)
+    ap.add_argument("--bodies", required=True, help="JSON file with a list of request bodies")
+    ap.add_argument("--rate", type=float, required=True)
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--connections", type=int, default=32)
+    a = ap.parse_args()
+    with open(a.bodies) as f:
+        bodies = [json.dumps(b).encode() for b in json.load(f)]
+    out = asyncio.run(
+        run("127.0.0.1", a.port, "/v1/consent/checks", a.token, bodies, a.rate, a.seconds, a.connections)
+    )
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
