@@ -212,11 +212,13 @@ def http_load(rates: list[int], seconds: float) -> dict:
     server = _serve(url, port, tmp)
     runs = []
     try:
-        for rate in rates:
+        for i, rate in enumerate(rates):
+            warmup = ["--warmup"] if i == 0 else []
             out = subprocess.run(
                 [
                     sys.executable,
                     str(ROOT / "bench" / "loadgen.py"),
+                    *warmup,
                     "--port",
                     str(port),
                     "--token",

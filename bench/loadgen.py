@@ -26,21 +26,37 @@ async def _one_connection(host, port, requests, slots, results, stop_at):
                 await asyncio.sleep(delay)
             writer.write(random.choice(requests))
             await writer.drain()
-            status_line = await reader.readline()
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
-            results.append((time.perf_counter() - scheduled, int(status_line.split()[1])))
+            status = await _read_response(reader)
+            results.append((time.perf_counter() - scheduled, status))
     finally:
         writer.close()
 
 
-async def run(host, port, path, token, bodies, rate, seconds, connections):
+async def _read_response(reader) -> int:
+    status_line = await reader.readline()
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return int(status_line.split()[1])
+
+
+async def _warm_connection(host, port, queue):
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while not queue.empty():
+            writer.write(queue.get_nowait())
+            await writer.drain()
+            await _read_response(reader)
+    finally:
+        writer.close()
+
+
+async def run(host, port, path, token, bodies, rate, seconds, connections, warmup=False):
     requests = [
         (
             f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
@@ -49,6 +65,12 @@ async def run(host, port, path, token, bodies, rate, seconds, connections):
         + b
         for b in bodies
     ]
+    if warmup:
+        # Every distinct request once, unmeasured, so caches are warm as in steady state.
+        warm: asyncio.Queue = asyncio.Queue()
+        for req in requests:
+            warm.put_nowait(req)
+        await asyncio.gather(*[_warm_connection(host, port, warm) for _ in range(8)])
     slots: asyncio.Queue = asyncio.Queue()
     results: list[tuple[float, int]] = []
     start = time.perf_counter() + 0.2
@@ -88,6 +110,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, required=True)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--warmup", action="store_true", help="send every body once before measuring")
     a = ap.parse_args()
     with open(a.bodies) as f:
         bodies = [json.dumps(b).encode() for b in json.load(f)]

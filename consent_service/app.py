@@ -14,7 +14,9 @@ from consent_service.api.limits import BodyLimit
 from consent_service.api.routes_accounts import router as accounts_router
 from consent_service.api.routes_cameos import router as cameos_router
 from consent_service.api.routes_consent import router as consent_router
+from consent_service.audit_writer import AuditWriter
 from consent_service.db import WalCheckpointer, make_engine
+from consent_service.directory import Directory
 from consent_service.receipts import ReceiptKeys, load_or_create_key
 from consent_service.replica import ConsentReplica
 from consent_service.settings import Settings
@@ -45,6 +47,8 @@ def build_runtime(settings: Settings) -> Runtime:
         replica=replica,
         keys=ReceiptKeys(signing=signing, previous=previous),
         routes=RoutePolicy(),
+        directory=Directory(engine, key_ttl=settings.api_key_cache_seconds),
+        audit=AuditWriter(engine),
     )
 
 
@@ -56,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = build_runtime(settings)
         runtime.replica.start()
+        runtime.audit.start()
         checkpointer = WalCheckpointer(runtime.engine)
         checkpointer.start()
         app.state.runtime = runtime
@@ -64,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             checkpointer.stop()
+            runtime.audit.stop()
             runtime.replica.stop()
             runtime.engine.dispose()
 

@@ -100,6 +100,16 @@ class ReceiptUnknownKey(ReceiptInvalid):
     code = "receipt_unknown_key"
 
 
+class Unavailable(DomainError):
+    code = "unavailable"
+
+
+class AuditUnavailable(Unavailable):
+    """The decision could not be audited, so it is not given (fail closed)."""
+
+    code = "audit_unavailable"
+
+
 # One table from error class to HTTP status; the most specific class wins.
 HTTP_STATUS: dict[type[DomainError], int] = {
     BodyTooLarge: 413,
@@ -111,6 +121,7 @@ HTTP_STATUS: dict[type[DomainError], int] = {
     PolicyViolation: 422,
     StaleRevision: 409,
     ReceiptInvalid: 422,
+    Unavailable: 503,
 }
 
 

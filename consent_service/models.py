@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -157,3 +158,33 @@ class AuditEvent(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=64)
     revision: int | None = Field(default=None, sa_column=Column(BigInteger))
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class PrincipalLike(Protocol):
+    """What services need to know about a caller or a person; met by Principal and PrincipalRef."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> PrincipalKind: ...
+    @property
+    def handle(self) -> str: ...
+    @property
+    def birth_date(self) -> date | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalRef:
+    """An immutable snapshot of a principal, safe to cache and share between threads."""
+
+    id: str
+    kind: PrincipalKind
+    handle: str
+    birth_date: date | None
+    display_name: str = ""
+
+    @classmethod
+    def of(cls, p: Principal) -> PrincipalRef:
+        return cls(
+            id=p.id, kind=p.kind, handle=p.handle, birth_date=p.birth_date, display_name=p.display_name
+        )

@@ -13,14 +13,22 @@ from sqlalchemy import Engine, select, text
 from sqlmodel import Session, col
 
 from consent_service.errors import StaleRevision
-from consent_service.models import Block, Cameo, ConsentChange, Follow, LikenessGrant, Principal
+from consent_service.models import (
+    Block,
+    Cameo,
+    ConsentChange,
+    Follow,
+    LikenessGrant,
+    Principal,
+    PrincipalLike,
+)
 from consent_service.services.changes import NOTIFY_CHANNEL
 from policy.likeness import LikenessPolicy
 
 log = logging.getLogger(__name__)
 
 
-def cameo_op(cameo: Cameo, owner: Principal) -> dict[str, Any]:
+def cameo_op(cameo: Cameo, owner: PrincipalLike) -> dict[str, Any]:
     """The replica op that describes a cameo's current settings."""
     return {
         "op": "cameo",

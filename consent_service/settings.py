@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     # when no PostgreSQL notification arrives; bounds revocation lag.
     sync_interval_seconds: float = Field(default=0.25, gt=0, le=5)
     adult_age_years: int = 18
+    # A disabled or revoked API key keeps working for at most this long.
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=60)
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:

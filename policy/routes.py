@@ -16,6 +16,13 @@ class RoutePolicy:
 
     def __init__(self, *, model: Path = ROUTE_MODEL, policy: Path = ROUTE_POLICY) -> None:
         self._enforcer = casbin.Enforcer(str(model), str(policy))
+        # The route policy is fixed for the life of the process and tiny, so
+        # each answer is remembered instead of re-evaluating the matcher per request.
+        self._answers: dict[tuple[str, str, str], bool] = {}
 
     def allows(self, *, role: str, obj: str, act: str) -> bool:
-        return bool(self._enforcer.enforce(role, obj, act))
+        key = (role, obj, act)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = bool(self._enforcer.enforce(role, obj, act))
+        return answer

@@ -11,11 +11,12 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from consent_service.audit_writer import AuditWriter
+from consent_service.directory import Directory
 from consent_service.errors import Forbidden
-from consent_service.models import Principal
+from consent_service.models import PrincipalRef
 from consent_service.receipts import ReceiptKeys
 from consent_service.replica import ConsentReplica
-from consent_service.services.principals import authenticate
 from consent_service.settings import Settings
 from policy.routes import RoutePolicy
 
@@ -29,6 +30,8 @@ class Runtime:
     replica: ConsentReplica
     keys: ReceiptKeys
     routes: RoutePolicy
+    directory: Directory
+    audit: AuditWriter
 
 
 # Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` one on
@@ -55,19 +58,19 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_principal(request: Request, session: SessionDep) -> Principal:
+async def get_principal(request: Request, runtime: RuntimeDep) -> PrincipalRef:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    return authenticate(session, token=token.strip() if scheme.lower() == "bearer" else None)
+    return await runtime.directory.authenticate(token.strip() if scheme.lower() == "bearer" else None)
 
 
-CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+CurrentPrincipal = Annotated[PrincipalRef, Depends(get_principal)]
 
 
-def require(obj: str, act: str) -> Callable[..., Awaitable[Principal]]:
+def require(obj: str, act: str) -> Callable[..., Awaitable[PrincipalRef]]:
     """Route guard: the caller's role must be allowed `act` on `obj` by policy/route_policy.csv."""
 
-    async def guard(principal: CurrentPrincipal, runtime: RuntimeDep) -> Principal:
+    async def guard(principal: CurrentPrincipal, runtime: RuntimeDep) -> PrincipalRef:
         if not runtime.routes.allows(role=str(principal.kind), obj=obj, act=act):
             raise Forbidden(f"a {principal.kind} may not {act} {obj}")
         return principal

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 
 from consent_service.api.deps import RuntimeDep, SessionDep, require
 from consent_service.api.views import principal_public
-from consent_service.models import Principal
+from consent_service.models import PrincipalRef
 from consent_service.schemas import GuardianCreate, IssuedKeyPublic, PrincipalCreate, PrincipalPublic
 from consent_service.services import principals
 
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1", tags=["accounts"])
 
 
 @router.get("/me", response_model=PrincipalPublic)
-def me(caller: Annotated[Principal, Depends(require("self", "read"))]) -> PrincipalPublic:
+def me(caller: Annotated[PrincipalRef, Depends(require("self", "read"))]) -> PrincipalPublic:
     """Who the API key belongs to."""
     return principal_public(caller)
 
@@ -25,7 +25,7 @@ def me(caller: Annotated[Principal, Depends(require("self", "read"))]) -> Princi
 def create_principal(
     body: PrincipalCreate,
     session: SessionDep,
-    caller: Annotated[Principal, Depends(require("principal", "create"))],
+    caller: Annotated[PrincipalRef, Depends(require("principal", "create"))],
 ) -> IssuedKeyPublic:
     """Create a user, platform, auditor or admin; its API key is shown only in this response."""
     issued = principals.create_principal(
@@ -41,7 +41,7 @@ def create_principal(
 
 @router.post("/principals/{handle}/keys", response_model=IssuedKeyPublic, status_code=201)
 def issue_key(
-    handle: str, session: SessionDep, caller: Annotated[Principal, Depends(require("principal", "create"))]
+    handle: str, session: SessionDep, caller: Annotated[PrincipalRef, Depends(require("principal", "create"))]
 ) -> IssuedKeyPublic:
     """Issue another API key for a principal."""
     issued = principals.issue_key(session, handle=handle, issued_by=caller.id)
@@ -54,7 +54,7 @@ def link_guardian(
     body: GuardianCreate,
     session: SessionDep,
     runtime: RuntimeDep,
-    caller: Annotated[Principal, Depends(require("guardian", "write"))],
+    caller: Annotated[PrincipalRef, Depends(require("guardian", "write"))],
 ) -> None:
     """Link an adult guardian to a minor; the guardian may then see and revoke the minor's consent."""
     principals.link_guardian(

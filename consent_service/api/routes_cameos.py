@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 
 from consent_service.api.deps import RuntimeDep, SessionDep, require
 from consent_service.api.views import cameo_changed, cameo_public, grant_public
-from consent_service.models import Principal
+from consent_service.models import PrincipalRef
 from consent_service.schemas import (
     BlockCreate,
     CameoChanged,
@@ -25,8 +25,8 @@ from consent_service.services import cameos, grants
 
 router = APIRouter(prefix="/v1", tags=["cameos"])
 
-Reader = Annotated[Principal, Depends(require("cameo", "read"))]
-Writer = Annotated[Principal, Depends(require("cameo", "write"))]
+Reader = Annotated[PrincipalRef, Depends(require("cameo", "read"))]
+Writer = Annotated[PrincipalRef, Depends(require("cameo", "write"))]
 
 
 @router.post("/cameos", response_model=CameoChanged, status_code=201)
@@ -77,7 +77,7 @@ def moderate_cameo(
     body: Moderation,
     session: SessionDep,
     runtime: RuntimeDep,
-    caller: Annotated[Principal, Depends(require("cameo", "moderate"))],
+    caller: Annotated[PrincipalRef, Depends(require("cameo", "moderate"))],
 ) -> CameoChanged:
     """Suspend or reinstate a cameo (admins)."""
     change = cameos.moderate(
@@ -171,7 +171,7 @@ def remove_block(
 
 @router.get("/follows", response_model=FollowsPublic)
 def list_follows(
-    session: SessionDep, caller: Annotated[Principal, Depends(require("follow", "read"))]
+    session: SessionDep, caller: Annotated[PrincipalRef, Depends(require("follow", "read"))]
 ) -> FollowsPublic:
     """Whom you follow, your followers, and your mutuals."""
     return FollowsPublic(**grants.list_follows(session, actor=caller))
@@ -182,7 +182,7 @@ def follow(
     handle: str,
     session: SessionDep,
     runtime: RuntimeDep,
-    caller: Annotated[Principal, Depends(require("follow", "write"))],
+    caller: Annotated[PrincipalRef, Depends(require("follow", "write"))],
 ) -> Revision:
     """Follow a user."""
     return Revision(consent_revision=grants.follow(session, runtime.replica, actor=caller, handle=handle))
@@ -193,7 +193,7 @@ def unfollow(
     handle: str,
     session: SessionDep,
     runtime: RuntimeDep,
-    caller: Annotated[Principal, Depends(require("follow", "write"))],
+    caller: Annotated[PrincipalRef, Depends(require("follow", "write"))],
 ) -> Revision:
     """Stop following a user."""
     return Revision(consent_revision=grants.unfollow(session, runtime.replica, actor=caller, handle=handle))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from consent_service.api.deps import RuntimeDep, SessionDep, require
-from consent_service.models import Principal
+from consent_service.models import PrincipalRef
 from consent_service.schemas import (
     AuditEventPublic,
     AuditPagePublic,
@@ -36,17 +36,17 @@ def _limits(runtime: RuntimeDep) -> checks.CheckLimits:
 
 
 @router.post("/v1/consent/checks", response_model=ConsentCheckResponse)
-def consent_check(
+async def consent_check(
     body: ConsentCheckRequest,
-    session: SessionDep,
     runtime: RuntimeDep,
-    caller: Annotated[Principal, Depends(require("consent_check", "create"))],
+    caller: Annotated[PrincipalRef, Depends(require("consent_check", "create"))],
 ) -> ConsentCheckResponse:
     """May this actor put these cameos in this prompt? Decisions, reasons, and a receipt if allowed."""
-    result = checks.check_consent(
-        session,
-        runtime.replica,
-        runtime.keys,
+    result = await checks.check_consent(
+        directory=runtime.directory,
+        replica=runtime.replica,
+        keys=runtime.keys,
+        audit=runtime.audit,
         caller=caller,
         actor_handle=body.actor_handle,
         cameo_handles=body.cameo_handles,
@@ -95,7 +95,7 @@ def jwks(runtime: RuntimeDep) -> dict[str, Any]:
 def audit_events(
     session: SessionDep,
     runtime: RuntimeDep,
-    caller: Annotated[Principal, Depends(require("audit", "read"))],
+    caller: Annotated[PrincipalRef, Depends(require("audit", "read"))],
     cameo: str | None = None,
     actor: str | None = None,
     action: str | None = None,

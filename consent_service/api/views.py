@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from consent_service.models import Cameo, Principal
+from consent_service.models import Cameo, Principal, PrincipalLike, PrincipalRef
 from consent_service.schemas import CameoChanged, CameoPublic, GrantPublic, PrincipalPublic
 from consent_service.services.cameos import CameoChange
 from consent_service.services.grants import GrantView
 
 
-def principal_public(p: Principal) -> PrincipalPublic:
+def principal_public(p: Principal | PrincipalRef) -> PrincipalPublic:
     return PrincipalPublic(id=p.id, kind=p.kind, handle=p.handle, display_name=p.display_name)
 
 
-def cameo_public(owner: Principal, cameo: Cameo) -> CameoPublic:
+def cameo_public(owner: PrincipalLike, cameo: Cameo) -> CameoPublic:
     return CameoPublic(
         id=cameo.id,
         owner_handle=owner.handle,

@@ -23,6 +23,7 @@ from consent_service.models import (
     LikenessGrant,
     Principal,
     PrincipalKind,
+    PrincipalLike,
     utcnow,
 )
 from consent_service.replica import ConsentReplica, cameo_op
@@ -37,7 +38,7 @@ MAX_TERM_CHARS = 100
 @dataclass(frozen=True)
 class CameoChange:
     cameo: Cameo
-    owner: Principal
+    owner: PrincipalLike
     revision: int
 
 
@@ -55,7 +56,7 @@ def load_cameo(session: Session, *, handle: str) -> tuple[Principal, Cameo]:
 
 
 def authorize_change(
-    session: Session, *, actor: Principal, owner: Principal, tightening: bool, adult_age: int
+    session: Session, *, actor: PrincipalLike, owner: Principal, tightening: bool, adult_age: int
 ) -> None:
     """Only the owner changes consent; a minor's guardian may only tighten it."""
     if actor.id == owner.id:
@@ -69,7 +70,7 @@ def authorize_change(
     raise Forbidden("only the cameo's owner, or a minor's guardian revoking, may change its consent")
 
 
-def authorize_view(session: Session, *, viewer: Principal, owner: Principal, adult_age: int) -> None:
+def authorize_view(session: Session, *, viewer: PrincipalLike, owner: Principal, adult_age: int) -> None:
     """The owner, a minor's guardian, and admins may see a cameo's settings."""
     if viewer.id == owner.id or viewer.kind is PrincipalKind.admin:
         return
@@ -81,7 +82,7 @@ def authorize_view(session: Session, *, viewer: Principal, owner: Principal, adu
 
 
 @writes
-def create_cameo(session: Session, replica: ConsentReplica, *, actor: Principal) -> CameoChange:
+def create_cameo(session: Session, replica: ConsentReplica, *, actor: PrincipalLike) -> CameoChange:
     """Create the actor's one cameo (unverified, audience only_me), or revive a deleted one."""
     if actor.kind is not PrincipalKind.user:
         raise Forbidden("only users have cameos")
@@ -106,7 +107,9 @@ def create_cameo(session: Session, replica: ConsentReplica, *, actor: Principal)
     return CameoChange(cameo, actor, revision)
 
 
-def get_cameo(session: Session, *, viewer: Principal, handle: str, adult_age: int) -> tuple[Principal, Cameo]:
+def get_cameo(
+    session: Session, *, viewer: PrincipalLike, handle: str, adult_age: int
+) -> tuple[Principal, Cameo]:
     """A cameo's settings, for its owner, a minor's guardian or an admin."""
     owner, cameo = load_cameo(session, handle=handle)
     authorize_view(session, viewer=viewer, owner=owner, adult_age=adult_age)
@@ -125,7 +128,7 @@ def update_settings(
     session: Session,
     replica: ConsentReplica,
     *,
-    actor: Principal,
+    actor: PrincipalLike,
     handle: str,
     audience: Audience | None = None,
     banned_terms: list[str] | None = None,
@@ -197,7 +200,7 @@ def set_state(
 
 @writes
 def delete_cameo(
-    session: Session, replica: ConsentReplica, *, actor: Principal, handle: str, adult_age: int
+    session: Session, replica: ConsentReplica, *, actor: PrincipalLike, handle: str, adult_age: int
 ) -> CameoChange:
     """Delete a cameo: every check is denied from the next revision on, and its grants are dropped."""
     owner, _ = load_cameo(session, handle=handle)
@@ -207,7 +210,13 @@ def delete_cameo(
 
 @writes
 def moderate(
-    session: Session, replica: ConsentReplica, *, actor: Principal, handle: str, suspend: bool, reason: str
+    session: Session,
+    replica: ConsentReplica,
+    *,
+    actor: PrincipalLike,
+    handle: str,
+    suspend: bool,
+    reason: str,
 ) -> CameoChange:
     """Admin suspension or reinstatement; reinstating returns the cameo to unverified."""
     if actor.kind is not PrincipalKind.admin:

@@ -8,7 +8,9 @@ from typing import Any, Protocol
 from sqlalchemy import text
 from sqlmodel import Session
 
-from consent_service.models import AuditEvent, ConsentChange
+from consent_service.models import AuditEvent, ConsentChange, utcnow
+
+AUDIT_TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
 
 NOTIFY_CHANNEL = "consent_changes"
 
@@ -25,19 +27,34 @@ class Event:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def write_events(session: Session, events: list[Event], *, revision: int | None) -> None:
+    """Insert audit rows in the open transaction (append-only; there is no update path).
+
+    A Core executemany without RETURNING: batches of decisions from the group
+    writer are the hottest write in the service.
+    """
+    if not events:
+        return
+    at = utcnow()
+    rows = [
+        {
+            "at": at,
+            "actor_id": e.actor_id,
+            "subject_id": e.subject_id,
+            "action": e.action,
+            "decision": e.decision,
+            "reason": e.reason,
+            "revision": revision,
+            "details": e.details,
+        }
+        for e in events
+    ]
+    session.execute(AUDIT_TABLE.insert(), rows)
+
+
 def write_event(session: Session, event: Event, *, revision: int | None) -> None:
-    """Add an audit row to the open transaction (append-only; there is no update path)."""
-    session.add(
-        AuditEvent(
-            actor_id=event.actor_id,
-            subject_id=event.subject_id,
-            action=event.action,
-            decision=event.decision,
-            reason=event.reason,
-            revision=revision,
-            details=event.details,
-        )
-    )
+    """Insert one audit row in the open transaction."""
+    write_events(session, [event], revision=revision)
 
 
 def record_change(session: Session, *, ops: list[dict[str, Any]], events: list[Event]) -> int:
@@ -52,8 +69,7 @@ def record_change(session: Session, *, ops: list[dict[str, Any]], events: list[E
         ).scalar_one()
     )
     session.add(ConsentChange(revision=revision, ops=ops))
-    for event in events:
-        write_event(session, event, revision=revision)
+    write_events(session, events, revision=revision)
     if session.get_bind().dialect.name == "postgresql":
         # Delivered at commit; other instances wake and replay at once.
         session.execute(

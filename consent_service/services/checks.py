@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import unicodedata
@@ -12,7 +13,8 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from consent_service.db import write_transaction
+from consent_service.audit_writer import AuditWriter
+from consent_service.directory import Directory
 from consent_service.errors import (
     InvalidRequest,
     NotFound,
@@ -21,11 +23,11 @@ from consent_service.errors import (
     ReceiptInvalid,
     TooManyCameos,
 )
-from consent_service.models import Cameo, Principal
+from consent_service.models import Cameo, Principal, PrincipalLike
 from consent_service.receipts import ReceiptKeys
 from consent_service.replica import ConsentReplica
-from consent_service.services.changes import Event, write_event
-from consent_service.services.principals import normalize_handle, users_by_handles
+from consent_service.services.changes import Event
+from consent_service.services.principals import normalize_handle
 from policy.likeness import Decision, Reason
 
 
@@ -79,12 +81,13 @@ def _validate(cameo_handles: list[str], prompt: str | None, limits: CheckLimits)
     return handles
 
 
-def check_consent(
-    session: Session,
+async def check_consent(
+    *,
+    directory: Directory,
     replica: ConsentReplica,
     keys: ReceiptKeys,
-    *,
-    caller: Principal,
+    audit: AuditWriter,
+    caller: PrincipalLike,
     actor_handle: str,
     cameo_handles: list[str],
     purpose: str,
@@ -92,11 +95,14 @@ def check_consent(
     at_least_as_fresh: int | None,
     limits: CheckLimits,
 ) -> CheckResult:
-    """Decide whether the actor may use every named cameo; sign a receipt only if all are allowed."""
+    """Decide whether the actor may use every named cameo; sign a receipt only if all are allowed.
+
+    The answer is returned only after its audit rows are committed.
+    """
     handles = _validate(cameo_handles, prompt, limits)
-    # Catch up before this session opens a transaction: on SQLite that would hold the lock.
-    replica.ensure_fresh(at_least_as_fresh)
-    people = users_by_handles(session, handles=[actor_handle, *handles])
+    if at_least_as_fresh is not None and replica.policy.revision < at_least_as_fresh:
+        await asyncio.to_thread(replica.ensure_fresh, at_least_as_fresh)
+    people = await directory.users_by_handles([actor_handle, *handles])
     actor = people[actor_handle]
     owners = [people[h] for h in handles]
     now = time.time()
@@ -113,6 +119,19 @@ def check_consent(
     allowed = all(r.allowed for r in results)
     check_id = uuid.uuid4().hex
     digest = prompt_sha256(prompt) if prompt is not None else None
+    details = {"check_id": check_id, "caller": caller.id, "purpose": purpose, "prompt_sha256": digest}
+    events = [
+        Event(
+            "consent.check",
+            actor.id,
+            owner.id,
+            decision="allow" if r.allowed else "deny",
+            reason=r.reason,
+            details=details,
+        )
+        for owner, r in zip(owners, results, strict=True)
+    ]
+    await audit.append(events, revision=revision)
     receipt = expires = None
     if allowed:
         expires = int(now) + limits.receipt_ttl
@@ -130,55 +149,10 @@ def check_consent(
                 "exp": expires,
             }
         )
-    with write_transaction(session):
-        _record_check(
-            session,
-            actor=actor,
-            caller=caller,
-            owners=owners,
-            results=results,
-            check_id=check_id,
-            purpose=purpose,
-            digest=digest,
-            revision=revision,
-        )
     return CheckResult(check_id, allowed, results, revision, receipt, expires)
 
 
-def _record_check(
-    session: Session,
-    *,
-    actor: Principal,
-    caller: Principal,
-    owners: list[Principal],
-    results: list[CameoDecision],
-    check_id: str,
-    purpose: str,
-    digest: str | None,
-    revision: int,
-) -> None:
-    for owner, r in zip(owners, results, strict=True):
-        write_event(
-            session,
-            Event(
-                "consent.check",
-                actor.id,
-                owner.id,
-                decision="allow" if r.allowed else "deny",
-                reason=r.reason,
-                details={
-                    "check_id": check_id,
-                    "caller": caller.id,
-                    "purpose": purpose,
-                    "prompt_sha256": digest,
-                },
-            ),
-            revision=revision,
-        )
-    session.commit()
-
-
-def _result(owner: Principal, decision: Decision, prompt: str | None) -> CameoDecision:
+def _result(owner: PrincipalLike, decision: Decision, prompt: str | None) -> CameoDecision:
     terms = list(decision.restrictions.get("banned_terms", []))
     instructions = str(decision.restrictions.get("instructions", ""))
     cameo_id = decision.cameo_id

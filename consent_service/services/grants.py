@@ -11,7 +11,15 @@ from sqlmodel import Session, select
 
 from consent_service.db import writes
 from consent_service.errors import CameoNotFound, InvalidRequest, NotFound
-from consent_service.models import Block, CameoState, Follow, LikenessGrant, Principal, PrincipalKind
+from consent_service.models import (
+    Block,
+    CameoState,
+    Follow,
+    LikenessGrant,
+    Principal,
+    PrincipalKind,
+    PrincipalLike,
+)
 from consent_service.replica import ConsentReplica, grant_op
 from consent_service.services.cameos import authorize_change, authorize_view, load_cameo
 from consent_service.services.changes import Event, commit_change
@@ -56,7 +64,7 @@ def grant_access(
     session: Session,
     replica: ConsentReplica,
     *,
-    actor: Principal,
+    actor: PrincipalLike,
     owner_handle: str,
     grantee_handle: str,
     purposes: Sequence[Purpose],
@@ -115,7 +123,7 @@ def revoke_access(
     session: Session,
     replica: ConsentReplica,
     *,
-    actor: Principal,
+    actor: PrincipalLike,
     owner_handle: str,
     grantee_handle: str,
     adult_age: int,
@@ -138,7 +146,9 @@ def revoke_access(
     )
 
 
-def list_grants(session: Session, *, viewer: Principal, owner_handle: str, adult_age: int) -> list[GrantView]:
+def list_grants(
+    session: Session, *, viewer: PrincipalLike, owner_handle: str, adult_age: int
+) -> list[GrantView]:
     """Grants on a cameo, for its owner or a minor's guardian."""
     owner, cameo = load_cameo(session, handle=owner_handle)
     authorize_view(session, viewer=viewer, owner=owner, adult_age=adult_age)
@@ -156,7 +166,7 @@ def block(
     session: Session,
     replica: ConsentReplica,
     *,
-    actor: Principal,
+    actor: PrincipalLike,
     owner_handle: str,
     blocked_handle: str,
     adult_age: int,
@@ -183,7 +193,7 @@ def unblock(
     session: Session,
     replica: ConsentReplica,
     *,
-    actor: Principal,
+    actor: PrincipalLike,
     owner_handle: str,
     blocked_handle: str,
     adult_age: int,
@@ -202,7 +212,7 @@ def unblock(
     )
 
 
-def list_blocks(session: Session, *, viewer: Principal, owner_handle: str, adult_age: int) -> list[str]:
+def list_blocks(session: Session, *, viewer: PrincipalLike, owner_handle: str, adult_age: int) -> list[str]:
     owner, cameo = load_cameo(session, handle=owner_handle)
     authorize_view(session, viewer=viewer, owner=owner, adult_age=adult_age)
     rows = session.exec(
@@ -215,7 +225,7 @@ def list_blocks(session: Session, *, viewer: Principal, owner_handle: str, adult
 
 
 @writes
-def follow(session: Session, replica: ConsentReplica, *, actor: Principal, handle: str) -> int:
+def follow(session: Session, replica: ConsentReplica, *, actor: PrincipalLike, handle: str) -> int:
     """Follow a user; two opposite follows make mutuals."""
     if actor.kind is not PrincipalKind.user:
         raise InvalidRequest("only users follow")
@@ -234,7 +244,7 @@ def follow(session: Session, replica: ConsentReplica, *, actor: Principal, handl
 
 
 @writes
-def unfollow(session: Session, replica: ConsentReplica, *, actor: Principal, handle: str) -> int:
+def unfollow(session: Session, replica: ConsentReplica, *, actor: PrincipalLike, handle: str) -> int:
     """Stop following; ends mutual status, which revokes audience-mutuals access."""
     target = get_by_handle(session, handle=handle)
     row = session.get(Follow, (actor.id, target.id))
@@ -249,7 +259,7 @@ def unfollow(session: Session, replica: ConsentReplica, *, actor: Principal, han
     )
 
 
-def list_follows(session: Session, *, actor: Principal) -> dict[str, list[str]]:
+def list_follows(session: Session, *, actor: PrincipalLike) -> dict[str, list[str]]:
     """Whom the actor follows, who follows them, and the mutuals."""
     following = session.exec(
         select(Principal.handle)

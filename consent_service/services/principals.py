@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import date
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from consent_service.db import writes
-from consent_service.errors import Forbidden, HandleTaken, InvalidRequest, Unauthenticated, UnknownHandle
+from consent_service.errors import Forbidden, HandleTaken, InvalidRequest, UnknownHandle
 from consent_service.models import ApiKey, GuardianLink, Principal, PrincipalKind
-from consent_service.security import new_api_key, parse_token, secret_matches
+from consent_service.security import new_api_key
 from consent_service.services.changes import Event, write_event
 from policy.likeness import is_minor
 
@@ -86,41 +86,11 @@ def issue_key(session: Session, *, handle: str, issued_by: str | None) -> Issued
     return IssuedKey(principal=principal, token=token)
 
 
-def authenticate(session: Session, *, token: str | None) -> Principal:
-    """Resolve a bearer token to an enabled principal, or raise Unauthenticated."""
-    parsed = parse_token(token or "")
-    if parsed is None:
-        raise Unauthenticated("missing or malformed API key")
-    key_id, secret = parsed
-    key = session.get(ApiKey, key_id)
-    if key is None or key.revoked or not secret_matches(secret, key.secret_hash):
-        raise Unauthenticated("invalid API key")
-    principal = session.get(Principal, key.principal_id)
-    if principal is None or principal.disabled:
-        raise Unauthenticated("principal disabled")
-    return principal
-
-
 def get_by_handle(session: Session, *, handle: str) -> Principal:
     principal = session.exec(select(Principal).where(Principal.handle == normalize_handle(handle))).first()
     if principal is None:
         raise UnknownHandle(f"unknown handle {handle!r}", details={"handle": handle})
     return principal
-
-
-def users_by_handles(session: Session, *, handles: list[str]) -> dict[str, Principal]:
-    """Map each given handle to its user, or raise UnknownHandle naming every unknown one."""
-    canonical = {h: normalize_handle(h) for h in handles}
-    rows = session.exec(
-        select(Principal).where(
-            col(Principal.handle).in_(set(canonical.values())), Principal.kind == PrincipalKind.user
-        )
-    ).all()
-    found = {p.handle: p for p in rows}
-    unknown = sorted(h for h, c in canonical.items() if c not in found)
-    if unknown:
-        raise UnknownHandle(f"unknown handles: {', '.join(unknown)}", details={"handles": unknown})
-    return {h: found[c] for h, c in canonical.items()}
 
 
 @writes
