@@ -7,13 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import Engine
 
+from audit.log import TransparencyLog
+from audit.notes import NoteSigner, WitnessKey
 from consent_service.api import errors
 from consent_service.api.deps import Runtime
 from consent_service.api.limits import BodyLimit
 from consent_service.api.routes_accounts import router as accounts_router
 from consent_service.api.routes_cameos import router as cameos_router
 from consent_service.api.routes_consent import router as consent_router
+from consent_service.api.routes_log import router as log_router
 from consent_service.audit_writer import AuditWriter
 from consent_service.db import WalCheckpointer, make_engine
 from consent_service.directory import Directory
@@ -49,7 +53,15 @@ def build_runtime(settings: Settings) -> Runtime:
         routes=RoutePolicy(),
         directory=Directory(engine, key_ttl=settings.api_key_cache_seconds),
         audit=AuditWriter(engine),
+        log=build_log(settings, engine),
     )
+
+
+def build_log(settings: Settings, engine: Engine) -> TransparencyLog:
+    """The transparency log over this database, with its checkpoint key and known witnesses."""
+    key = load_or_create_key(settings.resolved_log_key_path, create=settings.environment != "production")
+    witnesses = tuple(WitnessKey.parse(v) for v in settings.log_witness_keys)
+    return TransparencyLog(engine, signer=NoteSigner(name=settings.log_origin, key=key), witnesses=witnesses)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = build_runtime(settings)
         runtime.replica.start()
         runtime.audit.start()
+        runtime.log.start(interval=settings.log_integrate_interval_seconds)
         checkpointer = WalCheckpointer(runtime.engine)
         checkpointer.start()
         app.state.runtime = runtime
@@ -69,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             checkpointer.stop()
+            runtime.log.stop()
             runtime.audit.stop()
             runtime.replica.stop()
             runtime.engine.dispose()
@@ -78,5 +92,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(accounts_router)
     app.include_router(cameos_router)
     app.include_router(consent_router)
+    app.include_router(log_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

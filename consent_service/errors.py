@@ -100,6 +100,20 @@ class ReceiptUnknownKey(ReceiptInvalid):
     code = "receipt_unknown_key"
 
 
+class LogRequestInvalid(InvalidRequest):
+    """A log range, tree size or proof request that cannot be answered."""
+
+    code = "log_request_invalid"
+
+
+class CheckpointNotFound(NotFound):
+    code = "checkpoint_not_found"
+
+
+class CosignatureRejected(InvalidRequest):
+    code = "cosignature_rejected"
+
+
 class Unavailable(DomainError):
     code = "unavailable"
 

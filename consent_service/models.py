@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -141,6 +141,7 @@ class AuditEvent(SQLModel, table=True):
     __table_args__ = (
         Index("ix_audit_subject_at", "subject_id", "at"),
         Index("ix_audit_actor_at", "actor_id", "at"),
+        UniqueConstraint("seq", name="uq_audit_event_seq"),
     )
 
     # SQLite only autoincrements an INTEGER primary key, hence the variant.
@@ -158,6 +159,10 @@ class AuditEvent(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=64)
     revision: int | None = Field(default=None, sa_column=Column(BigInteger))
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Leaf index in the Merkle log, dense and in commit order, and the exact
+    # bytes that were hashed into that leaf (canonical JSON of the fields above).
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    entry: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class PrincipalLike(Protocol):
@@ -188,3 +193,44 @@ class PrincipalRef:
         return cls(
             id=p.id, kind=p.kind, handle=p.handle, birth_date=p.birth_date, display_name=p.display_name
         )
+
+
+class LogCounter(SQLModel, table=True):
+    """Next audit sequence number; reserved under a row lock in the writing transaction."""
+
+    __tablename__ = "log_counter"
+
+    id: int = Field(default=1, primary_key=True)
+    next: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+
+
+class LogNode(SQLModel, table=True):
+    """Every complete (perfect) subtree hash of the Merkle tree: level 0 are leaf hashes."""
+
+    __tablename__ = "log_node"
+
+    level: int = Field(primary_key=True)
+    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
+
+
+class LogCheckpoint(SQLModel, table=True):
+    """Signed checkpoints; one per tree size, so two different roots for one size cannot be stored."""
+
+    __tablename__ = "log_checkpoint"
+
+    tree_size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    root_hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = _ts()
+
+
+class LogCosignature(SQLModel, table=True):
+    """A witness's cosignature line on a checkpoint (C2SP tlog-cosignature)."""
+
+    __tablename__ = "log_cosignature"
+
+    tree_size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    witness: str = Field(primary_key=True, max_length=256)
+    line: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = _ts()

@@ -165,3 +165,31 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class LogKey(BaseModel):
+    origin: str
+    vkey: str
+
+
+class CosignatureIn(Strict):
+    cosignature: str = Field(min_length=1, max_length=1024)
+
+
+class LogEntry(BaseModel):
+    index: int
+    entry: str
+
+
+class LogEntries(BaseModel):
+    entries: list[LogEntry]
+
+
+class Proof(BaseModel):
+    hashes: list[str]
+
+
+class PseudonymPublic(BaseModel):
+    id: str
+    kind: PrincipalKind
+    handle: str

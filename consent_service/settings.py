@@ -34,13 +34,19 @@ class Settings(BaseSettings):
     # when no PostgreSQL notification arrives; bounds revocation lag.
     sync_interval_seconds: float = Field(default=0.25, gt=0, le=5)
     adult_age_years: int = 18
+    # Transparency log: checkpoints are signed as `log_origin` with an Ed25519
+    # key (generated under data_dir outside production) and cosigned by witnesses.
+    log_origin: str = "cameo-consent.example/audit-log"
+    log_key_path: Path | None = None
+    log_witness_keys: list[str] = Field(default_factory=list)
+    log_integrate_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     # A disabled or revoked API key keeps working for at most this long.
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=60)
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:
-        if self.environment == "production" and self.receipt_key_path is None:
-            raise ValueError("CONSENT_RECEIPT_KEY_PATH must be set in production")
+        if self.environment == "production" and (self.receipt_key_path is None or self.log_key_path is None):
+            raise ValueError("CONSENT_RECEIPT_KEY_PATH and CONSENT_LOG_KEY_PATH must be set in production")
         return self
 
     @property
@@ -49,6 +55,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'consent.db').as_posix()}"
+
+    @property
+    def resolved_log_key_path(self) -> Path:
+        """Where the checkpoint signing key lives."""
+        return self.log_key_path or self.data_dir / "log_ed25519.pem"
 
     @property
     def resolved_receipt_key_path(self) -> Path:

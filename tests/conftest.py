@@ -22,6 +22,9 @@ from consent_service.settings import Settings
 
 PG_URL = os.environ.get("CONSENT_TEST_DATABASE_URL", "")
 TABLES = [
+    "log_cosignature",
+    "log_checkpoint",
+    "log_node",
     "audit_event",
     "consent_change",
     "likeness_grant",
@@ -57,6 +60,7 @@ def _pg_reset(url: str) -> None:
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
         conn.execute(text("UPDATE revision_counter SET value = 0"))
+        conn.execute(text("UPDATE log_counter SET next = 0"))
     engine.dispose()
 
 
@@ -162,6 +166,17 @@ def api(settings: Settings) -> Iterator[Api]:
         helper.principal("plat", kind="platform")
         helper.principal("auditor", kind="auditor")
         yield helper
+        full_log_check(client.app.state.runtime.log)  # type: ignore[attr-defined]
+
+
+def full_log_check(log: Any) -> None:
+    """End every app session like a transparency log's fsck: integrate, export, verify offline."""
+    from audit.verifier import VerifierKey, verify_export
+
+    while log.integrate() is not None:
+        pass
+    report = verify_export(log.export(), key=VerifierKey.parse(log.signer.vkey))
+    assert report.entries == report.tree_size > 0
 
 
 def adult_birth_date() -> str:

@@ -16,8 +16,9 @@ def _sources():
 
 def test_no_update_or_delete_of_audit_rows():
     pattern = re.compile(
-        r"(update|delete)\s*\(\s*AuditEvent|AuditEvent\b.*\.(delete|update)\(|"
-        r"(UPDATE|DELETE FROM)\s+audit_event",
+        r"(update|delete)\s*\(\s*(AuditEvent|LogNode|LogCheckpoint)|"
+        r"(AuditEvent|LogNode|LogCheckpoint)\b.*\.(delete|update)\(|"
+        r"(UPDATE|DELETE FROM)\s+(audit_event|log_node|log_checkpoint)",
         re.IGNORECASE,
     )
     assert pattern.search("session.execute(delete(AuditEvent).where(x))")  # the scan can fail
@@ -60,3 +61,15 @@ def test_routes_are_thin():
             if isinstance(node, ast.FunctionDef) and node.decorator_list:
                 body = [n for n in node.body if not isinstance(n, ast.Expr)]
                 assert len(body) <= 3, f"{path}:{node.name} has {len(body)} statements"
+
+
+def test_offline_verifier_shares_only_hash_definitions_with_the_writer():
+    tree = ast.parse((ROOT / "audit" / "verifier.py").read_text())
+    project = {"consent_service", "policy", "audit", "generator_adapter"}
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+    assert {m for m in imported if m.split(".")[0] in project} == {"audit.hashes"}

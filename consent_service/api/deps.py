@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from audit.log import TransparencyLog
 from consent_service.audit_writer import AuditWriter
 from consent_service.directory import Directory
 from consent_service.errors import Forbidden
@@ -32,6 +33,7 @@ class Runtime:
     routes: RoutePolicy
     directory: Directory
     audit: AuditWriter
+    log: TransparencyLog
 
 
 # Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` one on

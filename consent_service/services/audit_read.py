@@ -7,7 +7,8 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from consent_service.models import AuditEvent
+from consent_service.errors import NotFound
+from consent_service.models import AuditEvent, Principal
 from consent_service.services.principals import get_by_handle
 
 
@@ -49,3 +50,11 @@ def list_events(
     more = len(rows) > limit
     rows = rows[:limit]
     return AuditPage(rows, rows[-1].id if more and rows else None)
+
+
+def resolve_pseudonym(session: Session, *, principal_id: str) -> dict[str, str]:
+    """Map a pseudonymous principal id from the log to its handle."""
+    principal = session.get(Principal, principal_id)
+    if principal is None:
+        raise NotFound("no principal with that id")
+    return {"id": principal.id, "kind": str(principal.kind), "handle": principal.handle}

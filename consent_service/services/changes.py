@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from sqlalchemy import text
 from sqlmodel import Session
 
+from audit.entry import encode_entry
 from consent_service.models import AuditEvent, ConsentChange, utcnow
 
 AUDIT_TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
@@ -36,8 +37,10 @@ def write_events(session: Session, events: list[Event], *, revision: int | None)
     if not events:
         return
     at = utcnow()
-    rows = [
-        {
+    first = reserve_sequence(session, count=len(events))
+    rows = []
+    for seq, e in enumerate(events, start=first):
+        fields: dict[str, Any] = {
             "at": at,
             "actor_id": e.actor_id,
             "subject_id": e.subject_id,
@@ -47,9 +50,19 @@ def write_events(session: Session, events: list[Event], *, revision: int | None)
             "revision": revision,
             "details": e.details,
         }
-        for e in events
-    ]
+        rows.append({**fields, "seq": seq, "entry": encode_entry(seq=seq, **fields)})
     session.execute(AUDIT_TABLE.insert(), rows)
+
+
+def reserve_sequence(session: Session, *, count: int) -> int:
+    """Reserve `count` dense log positions in this transaction; returns the first.
+
+    The counter row stays locked until commit, so positions commit in order
+    and a rolled-back transaction gives its positions back: no gaps.
+    """
+    bump = text("UPDATE log_counter SET next = next + :n WHERE id = 1 RETURNING next")
+    end = int(session.execute(bump, {"n": count}).scalar_one())
+    return end - count
 
 
 def write_event(session: Session, event: Event, *, revision: int | None) -> None:

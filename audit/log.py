@@ -1,0 +1,243 @@
+"""The database-backed transparency log: integrate sequenced audit rows, sign checkpoints, serve proofs.
+
+Appending happens in the writers' own transactions (consent_service.services.changes
+reserves a dense `seq` per row). This module only reads those rows, so
+appending, integrating, reading and verifying stay separate.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, func, select, text, tuple_
+from sqlmodel import Session, col
+
+from audit import tree
+from audit.notes import CosignatureInvalid, NoteSigner, WitnessKey, checkpoint_body
+from consent_service.db import write_transaction
+from consent_service.errors import CheckpointNotFound, CosignatureRejected, LogRequestInvalid
+from consent_service.models import AuditEvent, LogCheckpoint, LogCosignature, LogNode
+
+log = logging.getLogger(__name__)
+_ADVISORY_KEY = 0x6C6F67  # one integrator at a time across instances sharing PostgreSQL
+_BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    size: int
+    root: bytes
+    note: str  # the signed note, with any witness cosignatures appended
+
+
+def _fetch(session: Session, coords: set[tree.Coord]) -> dict[tree.Coord, bytes]:
+    if not coords:
+        return {}
+    rows = session.execute(
+        select(col(LogNode.level), col(LogNode.idx), col(LogNode.hash)).where(
+            tuple_(col(LogNode.level), col(LogNode.idx)).in_(list(coords))
+        )
+    ).all()
+    return {(level, idx): bytes(h) for level, idx, h in rows}
+
+
+def _getter(nodes: dict[tree.Coord, bytes]) -> tree.NodeGetter:
+    def get(level: int, idx: int) -> bytes:
+        try:
+            return nodes[(level, idx)]
+        except KeyError:
+            raise RuntimeError(f"log node ({level}, {idx}) is missing: the tree is incomplete") from None
+
+    return get
+
+
+class _BlockGetter:
+    """Node reads for bulk work (exports): fetches aligned blocks of one level at a time."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._blocks: dict[tuple[int, int], dict[int, bytes]] = {}
+
+    def __call__(self, level: int, idx: int) -> bytes:
+        key = (level, idx // _BLOCK)
+        block = self._blocks.get(key)
+        if block is None:
+            if len(self._blocks) > 256:
+                self._blocks.clear()
+            lo = key[1] * _BLOCK
+            rows = self._session.execute(
+                select(col(LogNode.idx), col(LogNode.hash)).where(
+                    col(LogNode.level) == level, col(LogNode.idx) >= lo, col(LogNode.idx) < lo + _BLOCK
+                )
+            ).all()
+            block = self._blocks[key] = {i: bytes(h) for i, h in rows}
+        return block[idx]
+
+
+class TransparencyLog:
+    """Integrates the audit rows into an RFC 6962 tree and answers proofs and checkpoints."""
+
+    def __init__(self, engine: Engine, *, signer: NoteSigner, witnesses: tuple[WitnessKey, ...] = ()) -> None:
+        self.engine = engine
+        self.signer = signer
+        self.origin = signer.name
+        self._witnesses = {w.name: w for w in witnesses}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- integration -----------------------------------------------------
+    def integrate(self, *, max_leaves: int = 100_000) -> int | None:
+        """Add newly committed entries to the tree and sign a checkpoint; returns the new size."""
+        with Session(self.engine) as session, write_transaction(session):
+            if self.engine.dialect.name == "postgresql":
+                got = session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+                if not got.scalar_one():
+                    return None  # another instance is integrating right now
+            size = int(
+                session.execute(select(func.coalesce(func.max(LogCheckpoint.tree_size), 0))).scalar_one()
+            )
+            rows = session.execute(
+                select(col(AuditEvent.seq), col(AuditEvent.entry))
+                .where(col(AuditEvent.seq) >= size)
+                .order_by(col(AuditEvent.seq))
+                .limit(max_leaves)
+            ).all()
+            entries = []
+            for expected, (seq, entry) in enumerate(rows, start=size):
+                if seq != expected:
+                    break  # a gap cannot commit before what precedes it; stop and retry later
+                entries.append(entry.encode())
+            if not entries:
+                return None
+            frontier = tree.Frontier(size, _fetch(session, set(tree.Frontier.coords(size))))
+            created = frontier.append(entries)
+            session.execute(
+                LogNode.__table__.insert(),  # type: ignore[attr-defined]
+                [{"level": lv, "idx": i, "hash": h} for lv, i, h in created],
+            )
+            new_size, new_root = frontier.size, frontier.root()
+            self._check_extends(session, size)
+            note = self.signer.sign(checkpoint_body(self.origin, new_size, new_root))
+            session.add(LogCheckpoint(tree_size=new_size, root_hash=new_root, note=note))
+            session.commit()
+            return new_size
+
+    def _check_extends(self, session: Session, previous: int) -> None:
+        """Never sign a tree that does not contain the last signed one."""
+        if previous == 0:
+            return
+        stored = session.get(LogCheckpoint, previous)
+        nodes = _fetch(session, tree.needed_nodes(lambda g: tree.root(previous, g)))
+        if stored is None or tree.root(previous, _getter(nodes)) != bytes(stored.root_hash):
+            raise RuntimeError(f"refusing to sign: the tree no longer contains checkpoint {previous}")
+
+    def start(self, *, interval: float = 1.0) -> None:
+        """Integrate and publish a checkpoint every `interval` seconds in the background."""
+        self._stop.clear()
+
+        def run() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    while self.integrate() is not None:
+                        pass
+                except Exception:
+                    log.exception("log integration failed; retrying")
+
+        self._thread = threading.Thread(target=run, name="audit-log-integrator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    # -- reading -----------------------------------------------------------
+    def checkpoint(self, size: int | None = None) -> StoredCheckpoint:
+        """The latest checkpoint, or the one of a given size, with witness cosignatures appended."""
+        with Session(self.engine) as session:
+            if size is None:
+                size = session.execute(select(func.max(LogCheckpoint.tree_size))).scalar_one()
+            row = session.get(LogCheckpoint, size) if size is not None else None
+            if row is None:
+                raise CheckpointNotFound(
+                    "no checkpoint of that size" if size else "the log has no checkpoint yet"
+                )
+            cosigs = session.execute(
+                select(col(LogCosignature.witness), col(LogCosignature.line))
+                .where(col(LogCosignature.tree_size) == row.tree_size)
+                .order_by(col(LogCosignature.witness))
+            ).all()
+            note = row.note + "".join(f"{line}\n" for _, line in cosigs)
+            return StoredCheckpoint(size=row.tree_size, root=bytes(row.root_hash), note=note)
+
+    def entries(self, *, start: int, end: int) -> list[tuple[int, str]]:
+        """Canonical entries with seq in [start, end), integrated or not."""
+        if not 0 <= start <= end or end - start > 10_000:
+            raise LogRequestInvalid("need 0 <= start <= end and at most 10,000 entries")
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(col(AuditEvent.seq), col(AuditEvent.entry))
+                .where(col(AuditEvent.seq) >= start, col(AuditEvent.seq) < end)
+                .order_by(col(AuditEvent.seq))
+            ).all()
+        return [(int(s), e) for s, e in rows]
+
+    def _published_size(self, session: Session) -> int:
+        return int(session.execute(select(func.coalesce(func.max(LogCheckpoint.tree_size), 0))).scalar_one())
+
+    def inclusion_proof(self, *, index: int, size: int) -> list[bytes]:
+        """RFC 9162 inclusion proof of entry `index` in the tree of `size` entries."""
+        with Session(self.engine) as session:
+            if not 0 <= index < size <= self._published_size(session):
+                raise LogRequestInvalid("need 0 <= index < tree_size <= the latest checkpoint's size")
+            nodes = _fetch(session, tree.needed_nodes(lambda g: tree.inclusion_proof(index, size, g)))
+            return tree.inclusion_proof(index, size, _getter(nodes))
+
+    def consistency_proof(self, *, first: int, second: int) -> list[bytes]:
+        """RFC 9162 consistency proof between two tree sizes."""
+        with Session(self.engine) as session:
+            if not 0 < first <= second <= self._published_size(session):
+                raise LogRequestInvalid("need 0 < first <= second <= the latest checkpoint's size")
+            nodes = _fetch(session, tree.needed_nodes(lambda g: tree.consistency_proof(first, second, g)))
+            return tree.consistency_proof(first, second, _getter(nodes))
+
+    def export(self, *, size: int | None = None) -> Iterator[str]:
+        """NDJSON: the signed checkpoint, then every entry below its size with an inclusion proof."""
+        cp = self.checkpoint(size)
+        yield json.dumps({"type": "checkpoint", "size": cp.size, "note": cp.note}) + "\n"
+        with Session(self.engine) as session:
+            get = _BlockGetter(session)
+            for start in range(0, cp.size, 5000):
+                rows = session.execute(
+                    select(col(AuditEvent.seq), col(AuditEvent.entry))
+                    .where(col(AuditEvent.seq) >= start, col(AuditEvent.seq) < min(start + 5000, cp.size))
+                    .order_by(col(AuditEvent.seq))
+                ).all()
+                for seq, entry in rows:
+                    proof = [base64.b64encode(h).decode() for h in tree.inclusion_proof(seq, cp.size, get)]
+                    yield json.dumps({"type": "entry", "index": seq, "entry": entry, "proof": proof}) + "\n"
+
+    # -- witnesses -----------------------------------------------------------
+    def add_cosignature(self, *, size: int, line: str) -> str:
+        """Store a known witness's verified cosignature on a checkpoint; returns the witness name."""
+        cp = self.checkpoint(size)
+        name = line.removeprefix("\u2014 ").rpartition(" ")[0]
+        witness = self._witnesses.get(name)
+        if witness is None:
+            raise CosignatureRejected(f"unknown witness {name!r}")
+        body = checkpoint_body(self.origin, cp.size, cp.root)
+        try:
+            witness.verify(line, body)
+        except CosignatureInvalid as exc:
+            raise CosignatureRejected(str(exc)) from exc
+        with Session(self.engine) as session, write_transaction(session):
+            if session.get(LogCosignature, (size, name)) is None:
+                session.add(LogCosignature(tree_size=size, witness=name, line=line.strip()))
+            session.commit()
+        return name
