@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, select, text, tuple_
+from sqlalchemy import Engine, and_, func, or_, select, text
 from sqlmodel import Session, col
 
 from audit import tree
@@ -38,11 +38,12 @@ class StoredCheckpoint:
 def _fetch(session: Session, coords: set[tree.Coord]) -> dict[tree.Coord, bytes]:
     if not coords:
         return {}
-    rows = session.execute(
-        select(col(LogNode.level), col(LogNode.idx), col(LogNode.hash)).where(
-            tuple_(col(LogNode.level), col(LogNode.idx)).in_(list(coords))
-        )
-    ).all()
+    by_level: dict[int, list[int]] = {}
+    for level, idx in coords:
+        by_level.setdefault(level, []).append(idx)
+    # One indexed probe per level; a row-value IN over (level, idx) makes SQLite scan the table.
+    where = or_(*(and_(col(LogNode.level) == lv, col(LogNode.idx).in_(ids)) for lv, ids in by_level.items()))
+    rows = session.execute(select(col(LogNode.level), col(LogNode.idx), col(LogNode.hash)).where(where)).all()
     return {(level, idx): bytes(h) for level, idx, h in rows}
 
 

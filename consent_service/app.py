@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def build_runtime(settings: Settings) -> Runtime:
     """Connect, load the consent replica and the receipt keys; the expensive part of start-up."""
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous)
     replica = ConsentReplica(
         engine=engine,
         policy=LikenessPolicy(adult_age=settings.adult_age_years),

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 
 from sqlalchemy import Engine
@@ -18,7 +19,7 @@ from sqlmodel import Session
 
 from consent_service.db import write_transaction
 from consent_service.errors import AuditUnavailable
-from consent_service.services.changes import Event, write_events
+from consent_service.services.changes import Event, write_event_groups
 
 log = logging.getLogger(__name__)
 _Item = tuple[list[Event], int | None, Future[None]]
@@ -27,9 +28,10 @@ _Item = tuple[list[Event], int | None, Future[None]]
 class AuditWriter:
     """One background thread that commits queued audit rows in batches."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = 1000) -> None:
+    def __init__(self, engine: Engine, *, max_batch: int = 1000, linger: float = 0.001) -> None:
         self._engine = engine
         self._max_batch = max_batch
+        self._linger = linger
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -52,27 +54,32 @@ class AuditWriter:
         await asyncio.wrap_future(future)
 
     def _run(self) -> None:
+        busy = False
         while True:
             first = self._queue.get()
             if first is None:
                 return
             batch = [first]
+            # Under load, waiters woken by the last commit re-submit a moment
+            # later; lingering briefly lets them share the next commit instead
+            # of each paying for one. When idle, commit at once.
+            deadline = time.monotonic() + (self._linger if busy else 0.0)
             while len(batch) < self._max_batch:
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 batch.append(item)
+            busy = len(batch) > 1
             self._commit(batch)
 
     def _commit(self, batch: list[_Item]) -> None:
         try:
             with Session(self._engine) as session, write_transaction(session):
-                for events, revision, _ in batch:
-                    write_events(session, events, revision=revision)
+                write_event_groups(session, [(events, revision) for events, revision, _ in batch])
                 session.commit()
         except Exception as exc:
             log.exception("audit batch of %d requests failed", len(batch))

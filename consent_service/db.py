@@ -22,8 +22,14 @@ _writing = threading.local()
 _WRITER_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine; SQLite gets WAL and a busy timeout so concurrent writers queue."""
+def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL", **kwargs: Any) -> Engine:
+    """Create an engine; SQLite gets WAL and a busy timeout so concurrent writers queue.
+
+    SQLite `synchronous`: NORMAL survives a killed process (WAL), FULL also an
+    operating-system crash or power loss, at the price of an fsync per commit.
+    """
+    if sqlite_synchronous not in ("NORMAL", "FULL"):
+        raise ValueError("sqlite_synchronous must be NORMAL or FULL")
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -36,7 +42,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA synchronous={sqlite_synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
             # Checkpoints fsync; a committing request should not pay for one. The
             # WalCheckpointer runs them in the background, this is only the backstop.

@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path("var")
     database_url: str = ""
+    # FULL makes every SQLite commit survive power loss, not only a killed process.
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
 
     # Consent receipts: an Ed25519 key in PEM. Generated under data_dir on
     # first start outside production; production must point at a real key.

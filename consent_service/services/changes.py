@@ -29,28 +29,37 @@ class Event:
 
 
 def write_events(session: Session, events: list[Event], *, revision: int | None) -> None:
-    """Insert audit rows in the open transaction (append-only; there is no update path).
+    """Insert audit rows that share one consent revision, in the open transaction."""
+    write_event_groups(session, [(events, revision)])
 
-    A Core executemany without RETURNING: batches of decisions from the group
-    writer are the hottest write in the service.
+
+def write_event_groups(session: Session, groups: list[tuple[list[Event], int | None]]) -> None:
+    """Insert several requests' audit rows with one sequence reservation and one executemany.
+
+    Append-only: there is no update path. No RETURNING, and one round trip for
+    the sequence however many requests share the transaction, because the group
+    writer's batches are the hottest write in the service.
     """
-    if not events:
+    count = sum(len(events) for events, _ in groups)
+    if count == 0:
         return
     at = utcnow()
-    first = reserve_sequence(session, count=len(events))
+    seq = reserve_sequence(session, count=count)
     rows = []
-    for seq, e in enumerate(events, start=first):
-        fields: dict[str, Any] = {
-            "at": at,
-            "actor_id": e.actor_id,
-            "subject_id": e.subject_id,
-            "action": e.action,
-            "decision": e.decision,
-            "reason": e.reason,
-            "revision": revision,
-            "details": e.details,
-        }
-        rows.append({**fields, "seq": seq, "entry": encode_entry(seq=seq, **fields)})
+    for events, revision in groups:
+        for e in events:
+            fields: dict[str, Any] = {
+                "at": at,
+                "actor_id": e.actor_id,
+                "subject_id": e.subject_id,
+                "action": e.action,
+                "decision": e.decision,
+                "reason": e.reason,
+                "revision": revision,
+                "details": e.details,
+            }
+            rows.append({**fields, "seq": seq, "entry": encode_entry(seq=seq, **fields)})
+            seq += 1
     session.execute(AUDIT_TABLE.insert(), rows)
 
 
