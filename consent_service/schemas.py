@@ -142,6 +142,7 @@ class ReceiptStatusResponse(BaseModel):
 
 class AuditEventPublic(BaseModel):
     id: int
+    seq: int = Field(description="Leaf index in the transparency log; use it to fetch proofs.")
     at: datetime
     actor_id: str | None
     subject_id: str | None
