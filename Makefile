@@ -13,7 +13,7 @@ export CONSENT_DATA_DIR ?= var
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,generator]'
 	touch $(STAMP)
 
 venv: $(STAMP)

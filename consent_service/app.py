@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
@@ -17,15 +18,22 @@ from consent_service.api.limits import BodyLimit
 from consent_service.api.routes_accounts import router as accounts_router
 from consent_service.api.routes_cameos import router as cameos_router
 from consent_service.api.routes_consent import router as consent_router
+from consent_service.api.routes_generations import router as generations_router
 from consent_service.api.routes_log import router as log_router
 from consent_service.audit_writer import AuditWriter
 from consent_service.db import WalCheckpointer, make_engine
 from consent_service.directory import Directory
+from consent_service.generation_runner import GenerationRunner
+from consent_service.jobs import CeleryJobs, JobQueue
 from consent_service.receipts import ReceiptKeys, load_or_create_key
 from consent_service.replica import ConsentReplica
 from consent_service.settings import Settings
+from generator_adapter.interface import NoEnrolledTemplates
 from policy.likeness import LikenessPolicy
 from policy.routes import RoutePolicy
+
+if TYPE_CHECKING:
+    from generator_adapter.diffusers_backend import DiffusersGenerator
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,39 @@ def build_runtime(settings: Settings) -> Runtime:
     )
 
 
+def build_runner(runtime: Runtime) -> GenerationRunner:
+    """The generation runner: the configured diffusers pipeline, the likeness scan, and (later) signing."""
+    settings = runtime.settings
+    factory = None
+    if settings.generator_model_dir is not None:
+        model_dir, device, dtype = (
+            settings.generator_model_dir,
+            settings.generator_device,
+            settings.generator_dtype,
+        )
+
+        def factory() -> DiffusersGenerator:
+            from generator_adapter.diffusers_backend import DiffusersGenerator
+
+            return DiffusersGenerator(model_dir, device=device, dtype=dtype)
+
+    return GenerationRunner(
+        engine=runtime.engine,
+        replica=runtime.replica,
+        generator=factory,
+        outputs_dir=settings.outputs_dir,
+        scanner=NoEnrolledTemplates(),
+        signer=None,
+    )
+
+
+def build_jobs(runtime: Runtime) -> JobQueue:
+    """In-process worker by default; Celery when configured."""
+    if runtime.settings.job_backend == "celery":
+        return CeleryJobs(runtime.settings.celery_broker_url)
+    return build_runner(runtime)
+
+
 def build_log(settings: Settings, engine: Engine) -> TransparencyLog:
     """The transparency log over this database, with its checkpoint key and known witnesses."""
     key = load_or_create_key(settings.resolved_log_key_path, create=settings.environment != "production")
@@ -72,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = build_runtime(settings)
         runtime.replica.start()
+        runtime.jobs = build_jobs(runtime)
+        runtime.jobs.start()
         runtime.audit.start()
         runtime.log.start(interval=settings.log_integrate_interval_seconds)
         checkpointer = WalCheckpointer(runtime.engine)
@@ -82,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             checkpointer.stop()
+            runtime.jobs.stop()
             runtime.log.stop()
             runtime.audit.stop()
             runtime.replica.stop()
@@ -93,5 +137,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(cameos_router)
     app.include_router(consent_router)
     app.include_router(log_router)
+    app.include_router(generations_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

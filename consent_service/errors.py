@@ -114,6 +114,28 @@ class CosignatureRejected(InvalidRequest):
     code = "cosignature_rejected"
 
 
+class EmptyPrompt(InvalidRequest):
+    code = "empty_prompt"
+
+
+class OverCap(InvalidRequest):
+    code = "over_cap"
+
+
+class UnknownMention(InvalidRequest):
+    code = "unknown_mention"
+
+
+class ConsentRefused(Forbidden):
+    """A generation names a cameo without valid consent; details carry the per-cameo reasons."""
+
+    code = "consent_refused"
+
+
+class NotReleased(Conflict):
+    code = "not_released"
+
+
 class Unavailable(DomainError):
     code = "unavailable"
 
@@ -122,6 +144,10 @@ class AuditUnavailable(Unavailable):
     """The decision could not be audited, so it is not given (fail closed)."""
 
     code = "audit_unavailable"
+
+
+class GeneratorUnavailable(Unavailable):
+    code = "generator_unavailable"
 
 
 # One table from error class to HTTP status; the most specific class wins.

@@ -234,3 +234,50 @@ class LogCosignature(SQLModel, table=True):
     witness: str = Field(primary_key=True, max_length=256)
     line: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = _ts()
+
+
+class GenerationStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    refused = "refused"
+    cancelled = "cancelled"
+    failed = "failed"
+    held = "held"
+    released = "released"
+    taken_down = "taken_down"
+
+
+class Generation(SQLModel, table=True):
+    """One request to the gated generator, from refusal or queueing to release or takedown."""
+
+    __table_args__ = (UniqueConstraint("requester_id", "idempotency_key", name="uq_generation_idempotency"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    requester_id: str = Field(foreign_key="principal.id", index=True, max_length=32)
+    actor_id: str = Field(foreign_key="principal.id", index=True, max_length=32)
+    prompt: str = Field(sa_column=Column(Text, nullable=False))
+    negative_prompt: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: GenerationStatus = Field(default=GenerationStatus.queued, index=True)
+    progress: int = 0
+    reason: str | None = Field(default=None, max_length=64)
+    idempotency_key: str | None = Field(default=None, max_length=128)
+    consent_revision: int | None = Field(default=None, sa_column=Column(BigInteger))
+    cancel_requested: bool = False
+    model_id: str | None = Field(default=None, max_length=256)
+    output_path: str | None = Field(default=None, max_length=1024)
+    output_sha256: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class GenerationCameo(SQLModel, table=True):
+    """Which cameos a generation named, and the decision for each: the owners' view of appearances."""
+
+    __tablename__ = "generation_cameo"
+
+    generation_id: str = Field(foreign_key="generation.id", primary_key=True, max_length=32)
+    cameo_id: str = Field(foreign_key="cameo.id", primary_key=True, max_length=32)
+    owner_id: str = Field(foreign_key="principal.id", index=True, max_length=32)
+    allowed: bool
+    reason: str = Field(max_length=64)

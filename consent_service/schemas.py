@@ -194,3 +194,36 @@ class PseudonymPublic(BaseModel):
     id: str
     kind: PrincipalKind
     handle: str
+
+
+class GenerationCreate(Strict):
+    prompt: str = Field(max_length=100_000)
+    negative_prompt: str = Field(default="", max_length=100_000)
+    actor_handle: str | None = Field(default=None, max_length=64)
+    num_frames: int = 9
+    height: int = 64
+    width: int = 64
+    steps: int = 2
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class GenerationPublic(BaseModel):
+    id: str
+    status: str
+    progress: int
+    reason: str | None
+    consent_revision: int | None
+    model_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class AppearancePublic(BaseModel):
+    generation_id: str
+    actor_handle: str
+    prompt: str
+    status: str
+    reason: str | None
+    consented: bool
+    created_at: datetime

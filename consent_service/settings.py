@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     log_key_path: Path | None = None
     log_witness_keys: list[str] = Field(default_factory=list)
     log_integrate_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    # The gated generator: a local diffusers pipeline directory (none: generation is unavailable).
+    generator_model_dir: Path | None = None
+    generator_device: str = "auto"
+    generator_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    generation_max_frames: int = Field(default=81, ge=1)
+    generation_max_side: int = Field(default=832, ge=16)
+    generation_max_steps: int = Field(default=50, ge=1)
+    # Jobs run in this process by default; "celery" sends them to GPU workers through Redis.
+    job_backend: Literal["inprocess", "celery"] = "inprocess"
+    celery_broker_url: str = "redis://127.0.0.1:6379/0"
     # A disabled or revoked API key keeps working for at most this long.
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=60)
 
@@ -57,6 +67,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'consent.db').as_posix()}"
+
+    @property
+    def outputs_dir(self) -> Path:
+        """Generated videos: held/ (never served) and released/ (signed)."""
+        return self.data_dir / "outputs"
 
     @property
     def resolved_log_key_path(self) -> Path:

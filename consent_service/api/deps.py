@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -34,6 +34,7 @@ class Runtime:
     directory: Directory
     audit: AuditWriter
     log: TransparencyLog
+    jobs: Any = None  # JobQueue, set at start-up
 
 
 # Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` one on

@@ -106,16 +106,9 @@ async def check_consent(
     actor = people[actor_handle]
     owners = [people[h] for h in handles]
     now = time.time()
-    decisions = replica.policy.decide_all(
-        actor_id=actor.id,
-        actor_birth_date=actor.birth_date,
-        owner_ids=[o.id for o in owners],
-        purpose=purpose,
-        now=now,
-        today=date.today(),
+    results, revision = decide_cameos(
+        replica, actor=actor, owners=owners, purpose=purpose, prompt=prompt, now=now
     )
-    results = [_result(owner, d, prompt) for owner, d in zip(owners, decisions, strict=True)]
-    revision = decisions[0].revision
     allowed = all(r.allowed for r in results)
     check_id = uuid.uuid4().hex
     digest = prompt_sha256(prompt) if prompt is not None else None
@@ -150,6 +143,28 @@ async def check_consent(
             }
         )
     return CheckResult(check_id, allowed, results, revision, receipt, expires)
+
+
+def decide_cameos(
+    replica: ConsentReplica,
+    *,
+    actor: PrincipalLike,
+    owners: list[Any],
+    purpose: str,
+    prompt: str | None,
+    now: float | None = None,
+) -> tuple[list[CameoDecision], int]:
+    """Decisions for each owner's cameo at one revision, with banned terms applied to the prompt."""
+    decisions = replica.policy.decide_all(
+        actor_id=actor.id,
+        actor_birth_date=actor.birth_date,
+        owner_ids=[o.id for o in owners],
+        purpose=purpose,
+        now=time.time() if now is None else now,
+        today=date.today(),
+    )
+    results = [_result(owner, d, prompt) for owner, d in zip(owners, decisions, strict=True)]
+    return results, decisions[0].revision if decisions else replica.policy.revision
 
 
 def _result(owner: PrincipalLike, decision: Decision, prompt: str | None) -> CameoDecision:

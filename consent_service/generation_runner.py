@@ -1,0 +1,276 @@
+"""Runs gated generation jobs: watch consent every step, scan, re-check, sign, release; or hold.
+
+The same `run` serves the in-process worker (default, one job at a time) and
+Celery workers on GPU machines (consent_service.jobs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
+
+from consent_service.db import write_transaction
+from consent_service.models import Cameo, Generation, GenerationCameo, GenerationStatus, Principal, utcnow
+from consent_service.replica import ConsentReplica
+from consent_service.services.changes import Event, write_event
+from generator_adapter.interface import (
+    GenerationCancelled,
+    GenerationRequest,
+    LikenessScanner,
+    OutputSigner,
+    VideoGenerator,
+)
+
+log = logging.getLogger(__name__)
+
+
+class GenerationRunner:
+    """Executes one generation end to end; never serves or keeps an unconsented or unsigned output."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        replica: ConsentReplica,
+        generator: Callable[[], VideoGenerator] | None,
+        outputs_dir: Path,
+        scanner: LikenessScanner,
+        signer: OutputSigner | None,
+    ) -> None:
+        self.engine = engine
+        self.replica = replica
+        self._generator_factory = generator
+        self._generator: VideoGenerator | None = None
+        self.outputs_dir = outputs_dir
+        self.scanner = scanner
+        self.signer = signer
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    # -- in-process worker ---------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="generation-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def submit(self, generation_id: str) -> None:
+        self._queue.put(generation_id)
+
+    def _loop(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                self.run(job)
+            except Exception:
+                log.exception("generation %s crashed", job)
+
+    # -- one job ---------------------------------------------------------------
+    def _set(
+        self, generation_id: str, *, event: Event | None = None, revision: int | None = None, **values: Any
+    ) -> None:
+        with Session(self.engine) as session, write_transaction(session):
+            session.execute(
+                update(Generation)
+                .where(col(Generation.id) == generation_id)
+                .values(updated_at=utcnow(), **values)
+            )
+            if event is not None:
+                write_event(session, event, revision=revision)
+            session.commit()
+
+    def _claim(self, generation_id: str) -> bool:
+        """queued -> running exactly once, even if the job is delivered twice."""
+        with Session(self.engine) as session, write_transaction(session):
+            claimed = session.execute(  # type: ignore[attr-defined]
+                update(Generation)
+                .where(col(Generation.id) == generation_id, col(Generation.status) == GenerationStatus.queued)
+                .values(status=GenerationStatus.running, updated_at=utcnow())
+            ).rowcount
+            session.commit()
+        return bool(claimed)
+
+    def _consent_problem(self, actor: Principal, owners: list[str]) -> str | None:
+        decisions = self.replica.policy.decide_all(
+            actor_id=actor.id,
+            actor_birth_date=actor.birth_date,
+            owner_ids=owners,
+            purpose="generate",
+            now=time.time(),
+            today=date.today(),
+        )
+        denied = [d.reason.value for d in decisions if not d.allowed]
+        return f"consent_revoked:{denied[0]}" if denied else None
+
+    def run(self, generation_id: str) -> GenerationStatus:
+        """Run a queued job to its end state and return that state."""
+        if not self._claim(generation_id):
+            return GenerationStatus.cancelled
+        with Session(self.engine, expire_on_commit=False) as session:
+            job = session.get(Generation, generation_id)
+            assert job is not None
+            actor = session.get(Principal, job.actor_id)
+            owners = list(
+                session.exec(
+                    select(GenerationCameo.owner_id).where(GenerationCameo.generation_id == generation_id)
+                ).all()
+            )
+        assert actor is not None
+        reason: list[str] = []
+
+        def cancel_check() -> bool:
+            with Session(self.engine) as s:
+                wanted = s.exec(
+                    select(Generation.cancel_requested).where(Generation.id == generation_id)
+                ).one()
+            if wanted:
+                reason.append("requester_cancelled")
+                return True
+            problem = self._consent_problem(actor, owners)
+            if problem:
+                reason.append(problem)
+                return True
+            return False
+
+        last = [-1]
+
+        def progress(done: int, total: int) -> None:
+            pct = int(100 * done / max(total, 1))
+            if pct != last[0]:
+                last[0] = pct
+                self._set(generation_id, progress=pct)
+
+        params = job.params
+        request = GenerationRequest(
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            num_frames=params["num_frames"],
+            height=params["height"],
+            width=params["width"],
+            steps=params["steps"],
+            seed=params["seed"],
+        )
+        if cancel_check():  # consent may have gone while the job waited in the queue
+            return self._cancelled(generation_id, actor, reason[0])
+        try:
+            if self._generator is None:
+                if self._generator_factory is None:
+                    raise RuntimeError("no generator is configured")
+                self._generator = self._generator_factory()
+            result = self._generator.generate(request, progress=progress, should_cancel=cancel_check)
+        except GenerationCancelled:
+            return self._cancelled(generation_id, actor, reason[0] if reason else "cancelled")
+        except Exception as exc:
+            log.exception("generation %s failed", generation_id)
+            self._set(
+                generation_id,
+                status=GenerationStatus.failed,
+                reason="generator_failed",
+                event=Event(
+                    "generation.fail", actor.id, generation_id, details={"error": type(exc).__name__}
+                ),
+            )
+            return GenerationStatus.failed
+        return self._finish(generation_id, actor, owners, result)
+
+    def _cancelled(self, generation_id: str, actor: Principal, reason: str) -> GenerationStatus:
+        self._set(
+            generation_id,
+            status=GenerationStatus.cancelled,
+            reason=reason.split(":")[0],
+            event=Event("generation.cancel", actor.id, generation_id, decision="deny", reason=reason),
+            revision=self.replica.policy.revision,
+        )
+        return GenerationStatus.cancelled
+
+    def _finish(
+        self, generation_id: str, actor: Principal, owners: list[str], result: Any
+    ) -> GenerationStatus:
+        from generator_adapter.video import encode_mp4
+
+        held = self.outputs_dir / "held" / f"{generation_id}.mp4"
+        encode_mp4(result.frames, held, fps=result.fps)
+        # Output scan: an enrolled likeness the actor has no consent for blocks release.
+        found = self.scanner.scan(result.frames)
+        unconsented = self._unconsented(actor, owners, found)
+        if unconsented:
+            self._set(
+                generation_id,
+                status=GenerationStatus.held,
+                reason="unconsented_likeness",
+                model_id=result.model_id,
+                output_path=str(held),
+                event=Event(
+                    "generation.hold",
+                    actor.id,
+                    generation_id,
+                    decision="deny",
+                    reason="unconsented_likeness",
+                    details={"cameos": sorted(unconsented)},
+                ),
+            )
+            return GenerationStatus.held
+        # Release, in order: a final consent check at the newest revision, then signing.
+        self.replica.catch_up()
+        problem = self._consent_problem(actor, owners)
+        if problem:
+            held.unlink(missing_ok=True)
+            return self._cancelled(generation_id, actor, problem)
+        if self.signer is None:
+            self._set(
+                generation_id,
+                status=GenerationStatus.held,
+                reason="unsigned",
+                model_id=result.model_id,
+                output_path=str(held),
+                event=Event("generation.hold", actor.id, generation_id, reason="unsigned"),
+                revision=self.replica.policy.revision,
+            )
+            return GenerationStatus.held
+        released = self.outputs_dir / "released" / f"{generation_id}.mp4"
+        released.parent.mkdir(parents=True, exist_ok=True)
+        self.signer.sign(
+            held, released, manifest={"generation_id": generation_id, "model_id": result.model_id}
+        )
+        held.unlink(missing_ok=True)
+        digest = hashlib.sha256(released.read_bytes()).hexdigest()
+        self._set(
+            generation_id,
+            status=GenerationStatus.released,
+            progress=100,
+            model_id=result.model_id,
+            output_path=str(released),
+            output_sha256=digest,
+            event=Event(
+                "generation.release", actor.id, generation_id, decision="allow", details={"sha256": digest}
+            ),
+            revision=self.replica.policy.revision,
+        )
+        return GenerationStatus.released
+
+    def _unconsented(self, actor: Principal, owners: list[str], found_cameos: set[str]) -> set[str]:
+        if not found_cameos:
+            return set()
+        with Session(self.engine) as session:
+            found_owners = {
+                c.id: c.owner_id
+                for c in session.exec(select(Cameo).where(col(Cameo.id).in_(found_cameos))).all()
+            }
+        bad = set()
+        for cameo_id, owner_id in found_owners.items():
+            if owner_id not in owners or self._consent_problem(actor, [owner_id]):
+                bad.add(cameo_id)
+        return bad

@@ -1,0 +1,89 @@
+"""Tiny random-weight diffusers pipelines of the real classes, for tests and local demos.
+
+Nothing can be downloaded, so the tokenizer is trained in code. The production
+loader (generator_adapter.diffusers_backend) loads these directories exactly as
+it loads real weights; they produce noise, quickly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _tokenizer():
+    from tokenizers import SentencePieceUnigramTokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [
+        "a person waves at the camera",
+        "two friends dance on a beach at sunset",
+        "@alice and @bob ride bikes in the city",
+        "a cat jumps over a red fence",
+    ] * 20
+    sp = SentencePieceUnigramTokenizer()
+    sp.train_from_iterator(
+        corpus,
+        vocab_size=200,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        show_progress=False,
+    )
+    sp.post_processor = TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", sp.token_to_id("</s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=sp, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def build_tiny_wan(directory: Path, *, seed: int = 0) -> Path:
+    """A WanPipeline with the smallest sizes that run (see shared STACK.md), saved with save_pretrained."""
+    import torch
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer()
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+        )
+    ).eval()
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+    )
+    pipe.save_pretrained(str(directory))  # type: ignore[attr-defined]
+    return directory

@@ -1,0 +1,304 @@
+"""The gated generator end to end, with a tiny random-weight Wan pipeline loaded by the production path."""
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from consent_service.app import build_runner, create_app
+from consent_service.models import Generation, GenerationStatus
+from consent_service.services import generations, grants
+from consent_service.services.principals import get_by_handle
+from generator_adapter.interface import GenerationRequest
+from tests.conftest import Api, bootstrap_admin, full_log_check
+
+
+@pytest.fixture(scope="session")
+def tiny_wan(tmp_path_factory) -> Path:
+    from generator_adapter.tiny import build_tiny_wan
+
+    return build_tiny_wan(tmp_path_factory.mktemp("models") / "tiny-wan")
+
+
+@pytest.fixture
+def gen_api(settings, tiny_wan):
+    """An app with the tiny generator configured, plus alice (cameo), bob (granted) and carol (not)."""
+    settings = settings.model_copy(update={"generator_model_dir": tiny_wan})
+    admin_key = bootstrap_admin(settings.resolved_database_url)
+    with TestClient(create_app(settings)) as client:
+        api = Api(client=client, settings=settings, admin_key=admin_key, keys={"root": admin_key})
+        api.principal("plat", kind="platform")
+        api.principal("auditor", kind="auditor")
+        api.user_with_cameo("alice")
+        api.principal("bob")
+        api.principal("carol")
+        api.call(
+            "POST",
+            "/v1/cameos/alice/grants",
+            "alice",
+            json={"grantee_handle": "bob", "purposes": ["generate"]},
+        )
+        yield api
+        full_log_check(client.app.state.runtime.log)
+
+
+def _wait(api, gid, who="bob", timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        body = api.call("GET", f"/v1/generations/{gid}", who).json()
+        if body["status"] not in ("queued", "running"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"generation {gid} did not finish")
+
+
+def _request(api, who, prompt, **extra):
+    return api.call("POST", "/v1/generations", who, json={"prompt": prompt, **extra})
+
+
+def test_generation_consented_runs_and_is_held_until_signing(gen_api):
+    r = _request(gen_api, "bob", "@alice waves at the camera", steps=2)
+    assert r.status_code == 202, r.text
+    body = _wait(gen_api, r.json()["id"])
+    # The provenance issue adds signing; until then nothing unsigned is ever released.
+    assert (
+        body["status"] == "held"
+        and body["reason"] == "unsigned"
+        and body["model_id"].startswith("WanPipeline")
+    )
+    video = gen_api.call("GET", f"/v1/generations/{body['id']}/video", "bob")
+    assert video.status_code == 409 and video.json()["error"]["code"] == "not_released"
+    held = Path(gen_api.settings.outputs_dir) / "held" / f"{body['id']}.mp4"
+    assert held.stat().st_size > 0
+
+
+def test_generation_unconsented_is_refused_before_any_work(gen_api):
+    r = _request(gen_api, "carol", "@alice and @carol dance")
+    assert r.status_code == 403
+    err = r.json()["error"]
+    assert err["code"] == "consent_refused"
+    assert {c["handle"]: c["reason"] for c in err["details"]["cameos"]} == {
+        "alice": "not_granted",
+        "carol": "cameo_not_found",
+    }
+    gid = err["details"]["generation_id"]
+    assert gen_api.call("GET", f"/v1/generations/{gid}", "carol").json()["status"] == "refused"
+
+
+def test_generation_homoglyph_mention_is_still_gated(gen_api):
+    r = _request(gen_api, "carol", "@\u0430lice waves")  # Cyrillic a
+    assert r.status_code == 403 and r.json()["error"]["details"]["cameos"][0]["handle"] == "alice"
+
+
+def test_generation_bad_inputs(gen_api):
+    cases = [
+        ({"prompt": "   "}, 422, "empty_prompt"),
+        ({"prompt": "@alice " + "x" * 5000}, 422, "prompt_too_long"),
+        ({"prompt": "@nobody waves"}, 422, "unknown_mention"),
+        ({"prompt": "@al\u4e2dce waves"}, 422, "unknown_mention"),
+        ({"prompt": "@alice", "num_frames": 10_000}, 422, "over_cap"),
+        ({"prompt": "@alice", "height": 4096}, 422, "over_cap"),
+        ({"prompt": "@alice", "steps": 0}, 422, "over_cap"),
+        ({"prompt": "@alice", "extra": True}, 422, "invalid_request"),
+    ]
+    for body, status, code in cases:
+        r = gen_api.call("POST", "/v1/generations", "bob", json=body)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), body
+
+
+def test_generation_idempotency_key_returns_the_same_job(gen_api):
+    first = _request(gen_api, "bob", "@alice jumps", idempotency_key="k1").json()
+    again = _request(gen_api, "bob", "@alice jumps", idempotency_key="k1").json()
+    assert first["id"] == again["id"]
+    _wait(gen_api, first["id"])
+
+
+def test_generation_platform_on_behalf_of_actor(gen_api):
+    r = gen_api.call(
+        "POST", "/v1/generations", "plat", json={"prompt": "@alice surfs", "actor_handle": "bob"}
+    )
+    assert r.status_code == 202
+    assert _wait(gen_api, r.json()["id"], who="plat")["status"] == "held"
+    r = gen_api.call(
+        "POST", "/v1/generations", "plat", json={"prompt": "@alice surfs", "actor_handle": "carol"}
+    )
+    assert r.status_code == 403
+    assert gen_api.call("POST", "/v1/generations", "plat", json={"prompt": "@alice surfs"}).status_code == 422
+    assert gen_api.call("POST", "/v1/generations", "auditor", json={"prompt": "@alice"}).status_code == 403
+
+
+def test_generation_owner_sees_every_appearance_and_takes_down(gen_api):
+    held = _request(gen_api, "bob", "@alice rides a bike").json()["id"]
+    _wait(gen_api, held)
+    _request(gen_api, "carol", "@alice sings")
+    rows = gen_api.call("GET", "/v1/cameos/alice/appearances", "alice").json()
+    by_status = {r["status"]: r for r in rows}
+    assert by_status["held"]["actor_handle"] == "bob" and by_status["held"]["consented"] is True
+    assert by_status["refused"]["actor_handle"] == "carol" and by_status["refused"]["consented"] is False
+    assert by_status["refused"]["prompt"] == "@alice sings"
+    assert gen_api.call("GET", "/v1/cameos/alice/appearances", "bob").status_code == 403
+    assert gen_api.call("POST", f"/v1/generations/{held}/takedown", "carol").status_code == 404
+    r = gen_api.call("POST", f"/v1/generations/{held}/takedown", "alice")
+    assert r.status_code == 200 and r.json()["status"] == "taken_down"
+    assert gen_api.call("GET", f"/v1/generations/{held}/video", "bob").status_code == 409
+
+
+def test_generation_requester_can_cancel_a_queued_job(gen_api):
+    runtime = gen_api.client.app.state.runtime
+    runtime.jobs.stop()  # nothing runs, so the job stays queued
+    gid = _request(gen_api, "bob", "@alice naps").json()["id"]
+    r = gen_api.call("POST", f"/v1/generations/{gid}/cancel", "bob")
+    assert r.json()["status"] == "cancelled" and r.json()["reason"] == "requester_cancelled"
+    assert gen_api.call("POST", f"/v1/generations/{gid}/cancel", "carol").status_code == 404
+    assert runtime.jobs.run(gid) is GenerationStatus.cancelled  # a late delivery does not start it
+
+
+class _Hooked:
+    """The real tiny pipeline, with a hook run after a given step (revoking, cancelling...)."""
+
+    def __init__(self, inner, at_step, hook):
+        self.inner, self.at_step, self.hook, self.model_id = inner, at_step, hook, inner.model_id
+
+    def generate(self, request, *, progress, should_cancel):
+        def on_progress(done, total):
+            progress(done, total)
+            if done == self.at_step:
+                self.hook()
+
+        return self.inner.generate(request, progress=on_progress, should_cancel=should_cancel)
+
+
+def _queued(gen_api, prompt="@alice waves", steps=6):
+    runtime = gen_api.client.app.state.runtime
+    runtime.jobs.stop()
+    gid = _request(gen_api, "bob", prompt, steps=steps).json()["id"]
+    return runtime, gid
+
+
+def _revoke(runtime):
+    with Session(runtime.engine, expire_on_commit=False) as s:
+        alice = get_by_handle(s, handle="alice")
+        grants.revoke_access(
+            s, runtime.replica, actor=alice, owner_handle="alice", grantee_handle="bob", adult_age=18
+        )
+
+
+def _status(runtime, gid):
+    with Session(runtime.engine) as s:
+        g = s.get(Generation, gid)
+        return g.status, g.reason, g.progress
+
+
+def test_generation_revocation_mid_run_cancels_at_the_next_step(gen_api, tiny_wan):
+    from generator_adapter.diffusers_backend import DiffusersGenerator
+
+    runtime, gid = _queued(gen_api)
+    runner = build_runner(runtime)
+    runner._generator = _Hooked(DiffusersGenerator(tiny_wan), 2, lambda: _revoke(runtime))
+    assert runner.run(gid) is GenerationStatus.cancelled
+    status, reason, progress = _status(runtime, gid)
+    assert (status, reason) == (GenerationStatus.cancelled, "consent_revoked")
+    assert progress < 100
+    assert not (Path(gen_api.settings.outputs_dir) / "held" / f"{gid}.mp4").exists()
+
+
+def test_generation_requester_cancel_mid_run(gen_api, tiny_wan):
+    from generator_adapter.diffusers_backend import DiffusersGenerator
+
+    runtime, gid = _queued(gen_api)
+    runner = build_runner(runtime)
+
+    def cancel():
+        with Session(runtime.engine) as s:
+            generations.cancel_generation(s, caller=get_by_handle(s, handle="bob"), generation_id=gid)
+
+    runner._generator = _Hooked(DiffusersGenerator(tiny_wan), 1, cancel)
+    assert runner.run(gid) is GenerationStatus.cancelled
+    assert _status(runtime, gid)[1] == "requester_cancelled"
+
+
+class _CopySigner:
+    """Stands in for C2PA signing (the provenance issue) to exercise the release ordering."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sign(self, source, dest, *, manifest):
+        self.calls.append(manifest)
+        shutil.copyfile(source, dest)
+
+
+class _Scanner:
+    def __init__(self, found=(), hook=None):
+        self.found, self.hook = set(found), hook
+
+    def scan(self, frames):
+        assert frames.ndim == 4 and frames.shape[-1] == 3
+        if self.hook:
+            self.hook()
+        return self.found
+
+
+def test_generation_release_after_final_check_and_signing(gen_api, tiny_wan):
+    runtime, gid = _queued(gen_api)
+    runner = build_runner(runtime)
+    runner.signer = _CopySigner()
+    assert runner.run(gid) is GenerationStatus.released
+    assert runner.signer.calls == [{"generation_id": gid, "model_id": runner._generator.model_id}]
+    video = gen_api.call("GET", f"/v1/generations/{gid}/video", "bob")
+    assert (
+        video.status_code == 200 and video.headers["content-type"] == "video/mp4" and len(video.content) > 100
+    )
+
+
+def test_generation_revoked_between_generation_and_release_is_not_released(gen_api):
+    runtime, gid = _queued(gen_api)
+    runner = build_runner(runtime)
+    runner.signer = _CopySigner()
+    runner.scanner = _Scanner(hook=lambda: _revoke(runtime))  # revoke after the frames exist
+    assert runner.run(gid) is GenerationStatus.cancelled
+    assert runner.signer.calls == []
+    assert _status(runtime, gid)[1] == "consent_revoked"
+
+
+def test_generation_output_scan_holds_an_unconsented_likeness(gen_api):
+    gen_api.user_with_cameo("dora")
+    runtime = gen_api.client.app.state.runtime
+    dora = gen_api.call("GET", "/v1/cameos/dora", "dora").json()["id"]
+    runtime.jobs.stop()
+    gid = _request(gen_api, "bob", "@alice waves at a crowd").json()["id"]
+    runner = build_runner(runtime)
+    runner.signer = _CopySigner()
+    runner.scanner = _Scanner(found={dora})
+    assert runner.run(gid) is GenerationStatus.held
+    assert _status(runtime, gid)[1] == "unconsented_likeness" and runner.signer.calls == []
+    events = gen_api.call("GET", "/v1/audit/events", "auditor", params={"action": "generation.hold"}).json()
+    assert events["events"][0]["details"] == {"cameos": [dora]}
+
+
+def test_generation_backend_loads_real_classes_from_a_directory(tiny_wan, tmp_path):
+    from generator_adapter.diffusers_backend import DiffusersGenerator
+    from generator_adapter.interface import GeneratorFailed
+
+    gen = DiffusersGenerator(tiny_wan)
+    seen = []
+    out = gen.generate(
+        GenerationRequest(prompt="a cat", num_frames=5, steps=3, seed=7),
+        progress=lambda d, t: seen.append((d, t)),
+        should_cancel=lambda: False,
+    )
+    again = gen.generate(
+        GenerationRequest(prompt="a cat", num_frames=5, steps=3, seed=7),
+        progress=lambda d, t: None,
+        should_cancel=lambda: False,
+    )
+    assert out.frames.shape == (5, 64, 64, 3) and out.frames.dtype.name == "uint8"
+    assert (out.frames == again.frames).all() and seen == [(1, 3), (2, 3), (3, 3)]
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    with pytest.raises(GeneratorFailed, match="unsupported"):
+        DiffusersGenerator(tmp_path)
+    with pytest.raises(GeneratorFailed, match="model_index"):
+        DiffusersGenerator(tmp_path / "missing")
