@@ -20,6 +20,7 @@ from consent_service.api.routes_cameos import router as cameos_router
 from consent_service.api.routes_consent import router as consent_router
 from consent_service.api.routes_generations import router as generations_router
 from consent_service.api.routes_log import router as log_router
+from consent_service.api.routes_webhooks import router as webhooks_router
 from consent_service.audit_writer import AuditWriter
 from consent_service.db import WalCheckpointer, make_engine
 from consent_service.directory import Directory
@@ -27,7 +28,10 @@ from consent_service.generation_runner import GenerationRunner
 from consent_service.jobs import CeleryJobs, JobQueue
 from consent_service.receipts import ReceiptKeys, load_or_create_key
 from consent_service.replica import ConsentReplica
+from consent_service.secretbox import SecretBox
+from consent_service.secretbox import load_or_create_key as load_secret_key
 from consent_service.settings import Settings
+from consent_service.webhook_dispatcher import WebhookDispatcher
 from generator_adapter.interface import NoEnrolledTemplates
 from policy.likeness import LikenessPolicy
 from policy.routes import RoutePolicy
@@ -53,6 +57,11 @@ def build_runtime(settings: Settings) -> Runtime:
     previous = tuple(
         load_or_create_key(p, create=False).public_key() for p in settings.receipt_previous_key_paths
     )
+    create = settings.environment != "production"
+    box = SecretBox(
+        current=load_secret_key(settings.resolved_secrets_key_path, create=create),
+        previous=tuple(load_secret_key(p, create=False) for p in settings.secrets_previous_key_paths),
+    )
     return Runtime(
         settings=settings,
         engine=engine,
@@ -62,6 +71,8 @@ def build_runtime(settings: Settings) -> Runtime:
         directory=Directory(engine, key_ttl=settings.api_key_cache_seconds),
         audit=AuditWriter(engine),
         log=build_log(settings, engine),
+        box=box,
+        webhooks=WebhookDispatcher(engine, box=box),
     )
 
 
@@ -116,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime.jobs = build_jobs(runtime)
         runtime.jobs.start()
         runtime.audit.start()
+        runtime.webhooks.start()
         runtime.log.start(interval=settings.log_integrate_interval_seconds)
         checkpointer = WalCheckpointer(runtime.engine)
         checkpointer.start()
@@ -126,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             checkpointer.stop()
             runtime.jobs.stop()
+            runtime.webhooks.stop()
             runtime.log.stop()
             runtime.audit.stop()
             runtime.replica.stop()
@@ -138,5 +151,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(consent_router)
     app.include_router(log_router)
     app.include_router(generations_router)
+    app.include_router(webhooks_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

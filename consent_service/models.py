@@ -281,3 +281,33 @@ class GenerationCameo(SQLModel, table=True):
     owner_id: str = Field(foreign_key="principal.id", index=True, max_length=32)
     allowed: bool
     reason: str = Field(max_length=64)
+
+
+class WebhookSubscription(SQLModel, table=True):
+    """A platform's endpoint for consent.revoked and consent.takedown; the HMAC secret is stored encrypted."""
+
+    __tablename__ = "webhook_subscription"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    platform_id: str = Field(foreign_key="principal.id", index=True, max_length=32)
+    url: str = Field(max_length=2048)
+    events: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    secret_encrypted: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    active: bool = True
+    created_at: datetime = _ts()
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """An outbox row written in the transaction of the event it announces, then delivered with retries."""
+
+    __tablename__ = "webhook_delivery"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    subscription_id: str = Field(foreign_key="webhook_subscription.id", index=True, max_length=32)
+    event: str = Field(max_length=64)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="pending", index=True, max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = _ts(index=True)
+    last_error: str | None = Field(default=None, max_length=512)
+    created_at: datetime = _ts()

@@ -227,3 +227,19 @@ class AppearancePublic(BaseModel):
     reason: str | None
     consented: bool
     created_at: datetime
+
+
+class WebhookCreate(Strict):
+    url: str = Field(min_length=8, max_length=2048)
+    events: list[str] = Field(min_length=1, max_length=4)
+
+
+class WebhookPublic(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    created_at: datetime
+
+
+class WebhookCreated(WebhookPublic):
+    secret: str = Field(description="HMAC-SHA256 signing secret; shown once, stored encrypted.")

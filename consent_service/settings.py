@@ -52,13 +52,19 @@ class Settings(BaseSettings):
     # Jobs run in this process by default; "celery" sends them to GPU workers through Redis.
     job_backend: Literal["inprocess", "celery"] = "inprocess"
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
+    # AES-GCM key (32 bytes) for secrets at rest; older keys still open what they sealed.
+    secrets_key_path: Path | None = None
+    secrets_previous_key_paths: list[Path] = Field(default_factory=list)
     # A disabled or revoked API key keeps working for at most this long.
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=60)
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:
-        if self.environment == "production" and (self.receipt_key_path is None or self.log_key_path is None):
-            raise ValueError("CONSENT_RECEIPT_KEY_PATH and CONSENT_LOG_KEY_PATH must be set in production")
+        missing = [
+            n for n in ("receipt_key_path", "log_key_path", "secrets_key_path") if getattr(self, n) is None
+        ]
+        if self.environment == "production" and missing:
+            raise ValueError(f"set {', '.join('CONSENT_' + n.upper() for n in missing)} in production")
         return self
 
     @property
@@ -67,6 +73,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'consent.db').as_posix()}"
+
+    @property
+    def resolved_secrets_key_path(self) -> Path:
+        return self.secrets_key_path or self.data_dir / "secrets.key"
 
     @property
     def outputs_dir(self) -> Path:

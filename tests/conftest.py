@@ -22,6 +22,10 @@ from consent_service.settings import Settings
 
 PG_URL = os.environ.get("CONSENT_TEST_DATABASE_URL", "")
 TABLES = [
+    "webhook_delivery",
+    "webhook_subscription",
+    "generation_cameo",
+    "generation",
     "log_cosignature",
     "log_checkpoint",
     "log_node",
@@ -186,3 +190,11 @@ def adult_birth_date() -> str:
 def minor_birth_date() -> str:
     today = date.today()
     return date(today.year - 12, 1, 1).isoformat()
+
+
+@pytest.fixture(scope="session")
+def tiny_wan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight WanPipeline saved once per test session."""
+    from generator_adapter.tiny import build_tiny_wan
+
+    return build_tiny_wan(tmp_path_factory.mktemp("models") / "tiny-wan")

@@ -6,21 +6,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from consent_service.app import build_runner, create_app
-from consent_service.models import Generation, GenerationStatus
+from consent_service.models import Generation, GenerationStatus, WebhookDelivery
 from consent_service.services import generations, grants
 from consent_service.services.principals import get_by_handle
 from generator_adapter.interface import GenerationRequest
 from tests.conftest import Api, bootstrap_admin, full_log_check
-
-
-@pytest.fixture(scope="session")
-def tiny_wan(tmp_path_factory) -> Path:
-    from generator_adapter.tiny import build_tiny_wan
-
-    return build_tiny_wan(tmp_path_factory.mktemp("models") / "tiny-wan")
 
 
 @pytest.fixture
@@ -141,8 +134,14 @@ def test_generation_owner_sees_every_appearance_and_takes_down(gen_api):
     assert by_status["refused"]["prompt"] == "@alice sings"
     assert gen_api.call("GET", "/v1/cameos/alice/appearances", "bob").status_code == 403
     assert gen_api.call("POST", f"/v1/generations/{held}/takedown", "carol").status_code == 404
+    gen_api.call(
+        "POST", "/v1/webhooks", "plat", json={"url": "https://p.example/h", "events": ["consent.takedown"]}
+    )
     r = gen_api.call("POST", f"/v1/generations/{held}/takedown", "alice")
     assert r.status_code == 200 and r.json()["status"] == "taken_down"
+    with Session(gen_api.client.app.state.runtime.engine) as s:
+        queued = s.exec(select(WebhookDelivery)).all()
+    assert [(d.event, d.payload["generation_id"]) for d in queued] == [("consent.takedown", held)]
     assert gen_api.call("GET", f"/v1/generations/{held}/video", "bob").status_code == 409
 
 

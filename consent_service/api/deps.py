@@ -18,7 +18,9 @@ from consent_service.errors import Forbidden
 from consent_service.models import PrincipalRef
 from consent_service.receipts import ReceiptKeys
 from consent_service.replica import ConsentReplica
+from consent_service.secretbox import SecretBox
 from consent_service.settings import Settings
+from consent_service.webhook_dispatcher import WebhookDispatcher
 from policy.routes import RoutePolicy
 
 
@@ -34,6 +36,8 @@ class Runtime:
     directory: Directory
     audit: AuditWriter
     log: TransparencyLog
+    box: SecretBox
+    webhooks: WebhookDispatcher
     jobs: Any = None  # JobQueue, set at start-up
 
 

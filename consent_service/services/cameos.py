@@ -163,7 +163,9 @@ def update_settings(
         owner.id,
         details={"before": before, "audience": str(cameo.audience), "banned_terms": len(cameo.banned_terms)},
     )
-    revision = commit_change(session, replica, ops=[cameo_op(cameo, owner)], events=[event])
+    lowered = AUDIENCE_ORDER.index(cameo.audience) < AUDIENCE_ORDER.index(Audience(before["audience"]))
+    revoked = {"cameo_id": cameo.id, "reason": "audience_lowered"} if lowered else None
+    revision = commit_change(session, replica, ops=[cameo_op(cameo, owner)], events=[event], revoked=revoked)
     return CameoChange(cameo, owner, revision)
 
 
@@ -194,7 +196,9 @@ def set_state(
     session.flush()
     ops.append(cameo_op(cameo, owner))
     event = Event(f"cameo.{state}", actor_id, owner.id, details={"before": before, "reason": reason})
-    revision = commit_change(session, replica, ops=ops, events=[event])
+    gone = state in (CameoState.deleted, CameoState.suspended) and before == str(CameoState.verified)
+    revoked = {"cameo_id": cameo.id, "reason": f"cameo_{state}"} if gone else None
+    revision = commit_change(session, replica, ops=ops, events=[event], revoked=revoked)
     return CameoChange(cameo, owner, revision)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import text
-from sqlmodel import Session
+from sqlalchemy import select, text
+from sqlmodel import Session, col
 
 from audit.entry import encode_entry
-from consent_service.models import AuditEvent, ConsentChange, utcnow
+from consent_service.models import AuditEvent, ConsentChange, WebhookDelivery, WebhookSubscription, utcnow
 
 AUDIT_TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
 
@@ -104,11 +104,35 @@ class _Replica(Protocol):
     def apply_own(self, revision: int, ops: list[dict[str, Any]]) -> int: ...
 
 
+def notify_platforms(session: Session, *, event: str, payload: dict[str, Any]) -> None:
+    """Queue a webhook event for every subscribed platform in this transaction (an outbox)."""
+    subs = session.execute(
+        select(col(WebhookSubscription.id), col(WebhookSubscription.events)).where(
+            col(WebhookSubscription.active).is_(True)
+        )
+    ).all()
+    for sub_id, wanted in subs:
+        if event in wanted:
+            body = {"event": event, "occurred_at": utcnow().isoformat(), **payload}
+            session.add(WebhookDelivery(subscription_id=sub_id, event=event, payload=body))
+
+
 def commit_change(
-    session: Session, replica: _Replica, *, ops: list[dict[str, Any]], events: list[Event]
+    session: Session,
+    replica: _Replica,
+    *,
+    ops: list[dict[str, Any]],
+    events: list[Event],
+    revoked: dict[str, Any] | None = None,
 ) -> int:
-    """Record, commit, and apply to this instance's replica so the very next check sees it."""
+    """Record, commit, and apply to this instance's replica so the very next check sees it.
+
+    `revoked` describes a loss of consent; subscribed platforms get a
+    consent.revoked webhook, queued in the same transaction.
+    """
     revision = record_change(session, ops=ops, events=events)
+    if revoked is not None:
+        notify_platforms(session, event="consent.revoked", payload={**revoked, "consent_revision": revision})
     session.commit()
     replica.apply_own(revision, ops)
     return revision

@@ -33,7 +33,7 @@ from consent_service.models import (
 )
 from consent_service.replica import ConsentReplica
 from consent_service.services.cameos import authorize_view, load_cameo
-from consent_service.services.changes import Event, write_event
+from consent_service.services.changes import Event, notify_platforms, write_event
 from consent_service.services.checks import CameoDecision, decide_cameos
 from consent_service.services.principals import get_by_handle
 
@@ -272,6 +272,11 @@ def take_down(session: Session, *, caller: PrincipalLike, generation_id: str) ->
         )
         generation.cancel_requested = True
         session.add(generation)
+        notify_platforms(
+            session,
+            event="consent.takedown",
+            payload={"generation_id": generation.id, "cameo_owner_id": caller.id},
+        )
         write_event(
             session,
             Event(

@@ -142,7 +142,11 @@ def revoke_access(
     session.delete(grant)
     event = Event("grant.revoke", actor.id, owner.id, decision="deny", details={"grantee": grantee.id})
     return commit_change(
-        session, replica, ops=[{"op": "ungrant", "owner": owner.id, "grantee": grantee.id}], events=[event]
+        session,
+        replica,
+        ops=[{"op": "ungrant", "owner": owner.id, "grantee": grantee.id}],
+        events=[event],
+        revoked={"cameo_id": cameo.id, "actor_id": grantee.id, "reason": "grant_revoked"},
     )
 
 
@@ -184,7 +188,11 @@ def block(
         "block.create", actor.id, owner.id, decision="deny", reason="blocked", details={"blocked": blocked.id}
     )
     return commit_change(
-        session, replica, ops=[{"op": "block", "owner": owner.id, "actor": blocked.id}], events=[event]
+        session,
+        replica,
+        ops=[{"op": "block", "owner": owner.id, "actor": blocked.id}],
+        events=[event],
+        revoked={"cameo_id": cameo.id, "actor_id": blocked.id, "reason": "blocked"},
     )
 
 

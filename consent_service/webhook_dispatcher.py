@@ -1,0 +1,142 @@
+"""Delivers the webhook outbox: HMAC-SHA256 signed POSTs, exponential backoff, every attempt audited."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import timedelta
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from consent_service.db import write_transaction
+from consent_service.models import WebhookDelivery, WebhookSubscription, utcnow
+from consent_service.secretbox import SecretBox
+from consent_service.services.changes import Event, write_event
+
+log = logging.getLogger(__name__)
+SIGNATURE_HEADER = "X-Consent-Signature"
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """`t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`; receivers reject stale times."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+class WebhookDispatcher:
+    """A background sender; retries each delivery with backoff up to `max_attempts`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        box: SecretBox,
+        interval: float = 0.5,
+        max_attempts: int = 8,
+        base_delay: float = 1.0,
+        timeout: float = 5.0,
+    ) -> None:
+        self._engine = engine
+        self._box = box
+        self._interval = interval
+        self._max_attempts = max_attempts
+        self._base_delay = base_delay
+        self._timeout = timeout
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.deliver_due()
+            except Exception:
+                log.exception("webhook dispatch failed; retrying")
+
+    def deliver_due(self, *, limit: int = 50) -> int:
+        """Attempt every delivery that is due; returns how many were attempted."""
+        with Session(self._engine) as session:
+            due = session.exec(
+                select(WebhookDelivery, WebhookSubscription)
+                .join(
+                    WebhookSubscription, col(WebhookSubscription.id) == col(WebhookDelivery.subscription_id)
+                )
+                .where(WebhookDelivery.status == "pending", col(WebhookDelivery.next_attempt_at) <= utcnow())
+                .order_by(col(WebhookDelivery.next_attempt_at))
+                .limit(limit)
+            ).all()
+            work = [
+                (d.id, d.event, d.payload, s.id, s.url, s.secret_encrypted, s.platform_id) for d, s in due
+            ]
+        for delivery_id, event, payload, sub_id, url, sealed, platform in work:
+            secret = self._box.open(sealed, context=sub_id.encode()).decode()
+            error = self._post(url, event, delivery_id, payload, secret)
+            self._record(delivery_id, platform, event, error)
+        return len(work)
+
+    def _post(self, url: str, event: str, delivery_id: str, payload: dict, secret: str) -> str | None:
+        body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        # The scheme was checked to be http(s) when the subscription was made.
+        request = urllib.request.Request(  # noqa: S310
+            url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "X-Consent-Event": event,
+                "X-Consent-Delivery": delivery_id,
+                SIGNATURE_HEADER: signature(secret, int(time.time()), body),
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+                return None if 200 <= response.status < 300 else f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            return f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            return f"unreachable: {exc}"[:200]
+
+    def _record(self, delivery_id: str, platform: str, event: str, error: str | None) -> None:
+        with Session(self._engine) as session, write_transaction(session):
+            d = session.get(WebhookDelivery, delivery_id)
+            assert d is not None
+            d.attempts += 1
+            if error is None:
+                d.status, d.last_error = "delivered", None
+            elif d.attempts >= self._max_attempts:
+                d.status, d.last_error = "failed", error
+            else:
+                delay = self._base_delay * 2 ** (d.attempts - 1) * (1 + random.random() / 4)  # noqa: S311
+                d.next_attempt_at, d.last_error = utcnow() + timedelta(seconds=delay), error
+            session.add(d)
+            write_event(
+                session,
+                Event(
+                    "webhook.deliver",
+                    None,
+                    platform,
+                    decision="ok" if error is None else "fail",
+                    reason=d.status,
+                    details={"delivery": delivery_id, "event": event, "attempt": d.attempts, "error": error},
+                ),
+                revision=None,
+            )
+            session.commit()
