@@ -16,7 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, text, update
 from sqlmodel import Session, col, select
 
 from consent_service.db import write_transaction
@@ -240,26 +240,58 @@ class GenerationRunner:
                 revision=self.replica.policy.revision,
             )
             return GenerationStatus.held
-        released = self.outputs_dir / "released" / f"{generation_id}.mp4"
-        released.parent.mkdir(parents=True, exist_ok=True)
-        self.signer.sign(
-            held, released, manifest={"generation_id": generation_id, "model_id": result.model_id}
-        )
+        signed = self.outputs_dir / "signing" / f"{generation_id}.mp4"
+        signed.parent.mkdir(parents=True, exist_ok=True)
+        self.signer.sign(held, signed, manifest={"generation_id": generation_id, "model_id": result.model_id})
         held.unlink(missing_ok=True)
-        digest = hashlib.sha256(released.read_bytes()).hexdigest()
-        self._set(
-            generation_id,
-            status=GenerationStatus.released,
-            progress=100,
-            model_id=result.model_id,
-            output_path=str(released),
-            output_sha256=digest,
-            event=Event(
-                "generation.release", actor.id, generation_id, decision="allow", details={"sha256": digest}
-            ),
-            revision=self.replica.policy.revision,
-        )
-        return GenerationStatus.released
+        return self._publish(generation_id, actor, owners, signed, result.model_id)
+
+    def _publish(
+        self, generation_id: str, actor: Principal, owners: list[str], signed: Path, model_id: str
+    ) -> GenerationStatus:
+        """Release under the consent revision lock: no revocation can commit between the last check and
+        publication, so every released video had valid consent at the revision its release records."""
+        digest = _sha256(signed)
+        final = self.outputs_dir / "released" / f"{generation_id}.mp4"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with Session(self.engine) as session, write_transaction(session):
+            lock = "SELECT value FROM revision_counter WHERE id = 1"
+            if self.engine.dialect.name == "postgresql":
+                lock += " FOR UPDATE"
+            revision = int(session.execute(text(lock)).scalar_one())
+            if revision > self.replica.policy.revision:
+                self.replica.catch_up()
+            problem = self._consent_problem(actor, owners)
+            if problem is None:
+                signed.replace(final)
+                session.execute(
+                    update(Generation)
+                    .where(col(Generation.id) == generation_id)
+                    .values(
+                        status=GenerationStatus.released,
+                        progress=100,
+                        model_id=model_id,
+                        output_path=str(final),
+                        output_sha256=digest,
+                        updated_at=utcnow(),
+                    )
+                )
+                write_event(
+                    session,
+                    Event(
+                        "generation.release",
+                        actor.id,
+                        generation_id,
+                        decision="allow",
+                        details={"sha256": digest},
+                    ),
+                    revision=revision,
+                )
+                session.commit()
+                return GenerationStatus.released
+            session.rollback()
+        signed.unlink(missing_ok=True)
+        return self._cancelled(generation_id, actor, problem)
 
     def _unconsented(self, actor: Principal, owners: list[str], found_cameos: set[str]) -> set[str]:
         if not found_cameos:
@@ -274,3 +306,11 @@ class GenerationRunner:
             if owner_id not in owners or self._consent_problem(actor, [owner_id]):
                 bad.add(cameo_id)
         return bad
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
