@@ -89,7 +89,7 @@ def run_trials(
             )
         revoked: list[int] = []
 
-        def revoke(handle: str = handle) -> None:
+        def revoke(handle: str = handle, revoked: list[int] = revoked) -> None:
             with Session(engine, expire_on_commit=False) as s:
                 revoked.append(
                     grants.revoke_access(

@@ -120,8 +120,8 @@ def main() -> None:
             "tiny_pipeline_generate_s": round(gen_s, 4),
             "tiny_job_total_s": round(statistics.median(jobs), 4),
             "job_overhead_s": round(job_overhead_s, 4),
-            "job_overhead_what": "per-step consent and cancel checks, output scan, final check, encode, sign, "
-            "release under the revision lock",
+            "job_overhead_what": "per-step consent and cancel checks, output scan, final check, encode, "
+            "sign, release under the revision lock",
             "gate_pct_of_tiny_generation": round(100 * gate_ms / 1000 / gen_s, 2),
             "assumed_real_model_s": REAL_MODEL_SECONDS,
             "gate_plus_job_overhead_pct_of_real_model_extrapolated": round(
