@@ -20,6 +20,8 @@ from consent_service.api.routes_cameos import router as cameos_router
 from consent_service.api.routes_consent import router as consent_router
 from consent_service.api.routes_generations import router as generations_router
 from consent_service.api.routes_log import router as log_router
+from consent_service.api.routes_provenance import UPLOAD_PATHS
+from consent_service.api.routes_provenance import router as provenance_router
 from consent_service.api.routes_webhooks import router as webhooks_router
 from consent_service.audit_writer import AuditWriter
 from consent_service.db import WalCheckpointer, make_engine
@@ -33,6 +35,7 @@ from consent_service.secretbox import load_or_create_key as load_secret_key
 from consent_service.settings import Settings
 from consent_service.webhook_dispatcher import WebhookDispatcher
 from generator_adapter.interface import NoEnrolledTemplates
+from generator_adapter.signing import C2paSigner, SigningIdentity
 from policy.likeness import LikenessPolicy
 from policy.routes import RoutePolicy
 
@@ -77,7 +80,7 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 def build_runner(runtime: Runtime) -> GenerationRunner:
-    """The generation runner: the configured diffusers pipeline, the likeness scan, and (later) signing."""
+    """The generation runner: the configured diffusers pipeline, the likeness scan, and C2PA signing."""
     settings = runtime.settings
     factory = None
     if settings.generator_model_dir is not None:
@@ -98,7 +101,28 @@ def build_runner(runtime: Runtime) -> GenerationRunner:
         generator=factory,
         outputs_dir=settings.outputs_dir,
         scanner=NoEnrolledTemplates(),
-        signer=None,
+        signer=build_signer(settings),
+        status_url=f"{settings.public_base_url.rstrip('/')}/v1/provenance/status/{{generation_id}}",
+    )
+
+
+def signing_identity(settings: Settings) -> SigningIdentity:
+    """Configured certificate chain and key, or (outside production) a local CA made on first use."""
+    paths = (settings.c2pa_chain_path, settings.c2pa_key_path, settings.c2pa_anchors_path)
+    if all(paths):
+        return SigningIdentity.from_files(chain=paths[0], key=paths[1], anchors=paths[2])  # type: ignore[arg-type]
+    if settings.environment == "production":
+        raise ValueError("set CONSENT_C2PA_CHAIN_PATH, CONSENT_C2PA_KEY_PATH and CONSENT_C2PA_ANCHORS_PATH")
+    return SigningIdentity.local(settings.data_dir / "c2pa")
+
+
+def build_signer(settings: Settings) -> C2paSigner:
+    """The C2PA signer every released video goes through."""
+    return C2paSigner(
+        signing_identity(settings),
+        claim_generator="cameo-consent/0.1.0",
+        tsa_url=settings.c2pa_tsa_url,
+        tsa_timeout=settings.c2pa_tsa_timeout_seconds,
     )
 
 
@@ -124,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = build_runtime(settings)
         runtime.replica.start()
+        runtime.anchors_pem = signing_identity(settings).anchors_pem
         runtime.jobs = build_jobs(runtime)
         runtime.jobs.start()
         runtime.audit.start()
@@ -152,5 +177,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(log_router)
     app.include_router(generations_router)
     app.include_router(webhooks_router)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(provenance_router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed=UPLOAD_PATHS)
     return app

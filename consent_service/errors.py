@@ -136,6 +136,26 @@ class NotReleased(Conflict):
     code = "not_released"
 
 
+class VideoTooLarge(BodyTooLarge):
+    code = "video_too_large"
+
+
+class NotAVideo(InvalidRequest):
+    code = "not_a_video"
+
+
+class NoProvenance(InvalidRequest):
+    """The file carries no readable C2PA manifest (stripped, truncated or never signed)."""
+
+    code = "no_provenance"
+
+
+class UntrustedSigner(InvalidRequest):
+    """The manifest is intact but signed by a CA outside this service's trust anchors."""
+
+    code = "untrusted_signer"
+
+
 class Unavailable(DomainError):
     code = "unavailable"
 

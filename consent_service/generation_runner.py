@@ -46,6 +46,7 @@ class GenerationRunner:
         outputs_dir: Path,
         scanner: LikenessScanner,
         signer: OutputSigner | None,
+        status_url: str = "/v1/provenance/status/{generation_id}",
     ) -> None:
         self.engine = engine
         self.replica = replica
@@ -54,6 +55,7 @@ class GenerationRunner:
         self.outputs_dir = outputs_dir
         self.scanner = scanner
         self.signer = signer
+        self._status_url = status_url
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -242,9 +244,30 @@ class GenerationRunner:
             return GenerationStatus.held
         signed = self.outputs_dir / "signing" / f"{generation_id}.mp4"
         signed.parent.mkdir(parents=True, exist_ok=True)
-        self.signer.sign(held, signed, manifest={"generation_id": generation_id, "model_id": result.model_id})
+        self.signer.sign(held, signed, manifest=self._manifest(generation_id, result.model_id))
         held.unlink(missing_ok=True)
         return self._publish(generation_id, actor, owners, signed, result.model_id)
+
+    def _manifest(self, generation_id: str, model_id: str) -> dict[str, Any]:
+        """What the C2PA manifest says about consent: pseudonymous ids and where to check it now."""
+        with Session(self.engine) as session:
+            cameos = sorted(
+                session.exec(
+                    select(GenerationCameo.cameo_id).where(GenerationCameo.generation_id == generation_id)
+                ).all()
+            )
+        return {
+            "generation_id": generation_id,
+            "model_id": model_id,
+            "model_version": _diffusers_version(),
+            "consent": {
+                "generation_id": generation_id,
+                "receipt_ids": [generation_id],
+                "cameo_ids": cameos,
+                "consent_revision": self.replica.policy.revision,
+                "status_url": self._status_url.format(generation_id=generation_id),
+            },
+        }
 
     def _publish(
         self, generation_id: str, actor: Principal, owners: list[str], signed: Path, model_id: str
@@ -314,3 +337,12 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _diffusers_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return "diffusers " + version("diffusers")
+    except Exception:  # metadata missing in unusual installs; the model id still identifies it
+        return ""

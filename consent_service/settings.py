@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     generation_max_frames: int = Field(default=81, ge=1)
     generation_max_side: int = Field(default=832, ge=16)
     generation_max_steps: int = Field(default=50, ge=1)
+    # Provenance: every released video is C2PA-signed. Outside production a local CA under
+    # data_dir/c2pa is created on first use; production points at a chain, key and anchors.
+    public_base_url: str = "http://127.0.0.1:8000"
+    c2pa_chain_path: Path | None = None
+    c2pa_key_path: Path | None = None
+    c2pa_anchors_path: Path | None = None
+    c2pa_tsa_url: str | None = None
+    c2pa_tsa_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    max_video_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     # Jobs run in this process by default; "celery" sends them to GPU workers through Redis.
     job_backend: Literal["inprocess", "celery"] = "inprocess"
     celery_broker_url: str = "redis://127.0.0.1:6379/0"

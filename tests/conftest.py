@@ -198,3 +198,25 @@ def tiny_wan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from generator_adapter.tiny import build_tiny_wan
 
     return build_tiny_wan(tmp_path_factory.mktemp("models") / "tiny-wan")
+
+
+@pytest.fixture
+def gen_api(settings: Settings, tiny_wan: Path) -> Iterator[Api]:
+    """An app with the tiny generator configured, plus alice (cameo), bob (granted) and carol (not)."""
+    settings = settings.model_copy(update={"generator_model_dir": tiny_wan})
+    admin_key = bootstrap_admin(settings.resolved_database_url)
+    with TestClient(create_app(settings)) as client:
+        api = Api(client=client, settings=settings, admin_key=admin_key, keys={"root": admin_key})
+        api.principal("plat", kind="platform")
+        api.principal("auditor", kind="auditor")
+        api.user_with_cameo("alice")
+        api.principal("bob")
+        api.principal("carol")
+        api.call(
+            "POST",
+            "/v1/cameos/alice/grants",
+            "alice",
+            json={"grantee_handle": "bob", "purposes": ["generate"]},
+        )
+        yield api
+        full_log_check(client.app.state.runtime.log)

@@ -5,37 +5,13 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from consent_service.app import build_runner, create_app
+from consent_service.app import build_runner
 from consent_service.models import Generation, GenerationStatus, WebhookDelivery
 from consent_service.services import generations, grants
 from consent_service.services.principals import get_by_handle
 from generator_adapter.interface import GenerationRequest
-from tests.conftest import Api, bootstrap_admin, full_log_check
-
-
-@pytest.fixture
-def gen_api(settings, tiny_wan):
-    """An app with the tiny generator configured, plus alice (cameo), bob (granted) and carol (not)."""
-    settings = settings.model_copy(update={"generator_model_dir": tiny_wan})
-    admin_key = bootstrap_admin(settings.resolved_database_url)
-    with TestClient(create_app(settings)) as client:
-        api = Api(client=client, settings=settings, admin_key=admin_key, keys={"root": admin_key})
-        api.principal("plat", kind="platform")
-        api.principal("auditor", kind="auditor")
-        api.user_with_cameo("alice")
-        api.principal("bob")
-        api.principal("carol")
-        api.call(
-            "POST",
-            "/v1/cameos/alice/grants",
-            "alice",
-            json={"grantee_handle": "bob", "purposes": ["generate"]},
-        )
-        yield api
-        full_log_check(client.app.state.runtime.log)
 
 
 def _wait(api, gid, who="bob", timeout=30.0):
@@ -52,20 +28,28 @@ def _request(api, who, prompt, **extra):
     return api.call("POST", "/v1/generations", who, json={"prompt": prompt, **extra})
 
 
-def test_generation_consented_runs_and_is_held_until_signing(gen_api):
+def test_generation_consented_is_signed_and_released(gen_api, tmp_path):
+    from generator_adapter.signing import TRAINED_ALGORITHMIC_MEDIA, verify_video
+
     r = _request(gen_api, "bob", "@alice waves at the camera", steps=2)
     assert r.status_code == 202, r.text
     body = _wait(gen_api, r.json()["id"])
-    # The provenance issue adds signing; until then nothing unsigned is ever released.
-    assert (
-        body["status"] == "held"
-        and body["reason"] == "unsigned"
-        and body["model_id"].startswith("WanPipeline")
-    )
+    assert body["status"] == "released" and body["model_id"].startswith("WanPipeline"), body
     video = gen_api.call("GET", f"/v1/generations/{body['id']}/video", "bob")
-    assert video.status_code == 409 and video.json()["error"]["code"] == "not_released"
-    held = Path(gen_api.settings.outputs_dir) / "held" / f"{body['id']}.mp4"
-    assert held.stat().st_size > 0
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    path = tmp_path / "out.mp4"
+    path.write_bytes(video.content)
+    anchors = gen_api.client.get("/v1/provenance/anchors").content
+    report = verify_video(path, anchors_pem=anchors)
+    assert report.state == "Trusted" and report.failures == []
+    created = report.actions[0]
+    assert created["action"] == "c2pa.created" and created["digitalSourceType"] == TRAINED_ALGORITHMIC_MEDIA
+    assert created["softwareAgent"]["name"] == body["model_id"]
+    assert {v["use"] for v in report.training_mining.values()} == {"notAllowed"}
+    alice_cameo = gen_api.call("GET", "/v1/cameos/alice", "alice").json()["id"]
+    assert report.consent["cameo_ids"] == [alice_cameo] and report.consent["generation_id"] == body["id"]
+    assert report.consent["status_url"].endswith(f"/v1/provenance/status/{body['id']}")
+    assert "bob" not in str(report.consent) and "alice" not in str(report.consent)
 
 
 def test_generation_unconsented_is_refused_before_any_work(gen_api):
@@ -114,7 +98,7 @@ def test_generation_platform_on_behalf_of_actor(gen_api):
         "POST", "/v1/generations", "plat", json={"prompt": "@alice surfs", "actor_handle": "bob"}
     )
     assert r.status_code == 202
-    assert _wait(gen_api, r.json()["id"], who="plat")["status"] == "held"
+    assert _wait(gen_api, r.json()["id"], who="plat")["status"] == "released"
     r = gen_api.call(
         "POST", "/v1/generations", "plat", json={"prompt": "@alice surfs", "actor_handle": "carol"}
     )
@@ -129,7 +113,7 @@ def test_generation_owner_sees_every_appearance_and_takes_down(gen_api):
     _request(gen_api, "carol", "@alice sings")
     rows = gen_api.call("GET", "/v1/cameos/alice/appearances", "alice").json()
     by_status = {r["status"]: r for r in rows}
-    assert by_status["held"]["actor_handle"] == "bob" and by_status["held"]["consented"] is True
+    assert by_status["released"]["actor_handle"] == "bob" and by_status["released"]["consented"] is True
     assert by_status["refused"]["actor_handle"] == "carol" and by_status["refused"]["consented"] is False
     assert by_status["refused"]["prompt"] == "@alice sings"
     assert gen_api.call("GET", "/v1/cameos/alice/appearances", "bob").status_code == 403
@@ -241,12 +225,27 @@ class _Scanner:
         return self.found
 
 
+def test_generation_without_a_signer_nothing_is_released(gen_api):
+    """No code path writes a releasable file unsigned: without a signer the video is held, never served."""
+    runtime, gid = _queued(gen_api)
+    runner = build_runner(runtime)
+    runner.signer = None
+    assert runner.run(gid) is GenerationStatus.held
+    assert _status(runtime, gid)[:2] == (GenerationStatus.held, "unsigned")
+    assert not (Path(gen_api.settings.outputs_dir) / "released").exists() or not any(
+        (Path(gen_api.settings.outputs_dir) / "released").iterdir()
+    )
+    assert gen_api.call("GET", f"/v1/generations/{gid}/video", "bob").status_code == 409
+
+
 def test_generation_release_after_final_check_and_signing(gen_api, tiny_wan):
     runtime, gid = _queued(gen_api)
     runner = build_runner(runtime)
     runner.signer = _CopySigner()
     assert runner.run(gid) is GenerationStatus.released
-    assert runner.signer.calls == [{"generation_id": gid, "model_id": runner._generator.model_id}]
+    [manifest] = runner.signer.calls
+    assert manifest["generation_id"] == gid and manifest["model_id"] == runner._generator.model_id
+    assert manifest["consent"]["cameo_ids"] and manifest["consent"]["consent_revision"] >= 1
     video = gen_api.call("GET", f"/v1/generations/{gid}/video", "bob")
     assert (
         video.status_code == 200 and video.headers["content-type"] == "video/mp4" and len(video.content) > 100

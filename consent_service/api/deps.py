@@ -38,6 +38,7 @@ class Runtime:
     log: TransparencyLog
     box: SecretBox
     webhooks: WebhookDispatcher
+    anchors_pem: bytes = b""  # C2PA trust anchors
     jobs: Any = None  # JobQueue, set at start-up
 
 

@@ -1,0 +1,252 @@
+"""C2PA provenance for generated videos: a signing identity, a signer, and a verifier (c2pa-python).
+
+Signing goes path to path, so a video is never held in memory whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONSENT_LABEL = "org.cameo-consent.consent"
+TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+NOT_ALLOWED = {"use": "notAllowed"}
+
+
+class ProvenanceError(Exception):
+    """Signing or reading failed; wraps the c2pa library's error."""
+
+
+@dataclass(frozen=True)
+class SigningIdentity:
+    """A certificate chain (leaf first), its private key, and the trust anchors verifiers should use."""
+
+    chain_pem: bytes
+    key_pem: bytes
+    anchors_pem: bytes
+    alg: str = "es256"
+
+    @classmethod
+    def from_files(cls, *, chain: Path, key: Path, anchors: Path, alg: str = "es256") -> SigningIdentity:
+        return cls(chain.read_bytes(), key.read_bytes(), anchors.read_bytes(), alg)
+
+    @classmethod
+    def local(cls, directory: Path) -> SigningIdentity:
+        """A local root CA and a signing certificate, created on first use and reused after."""
+        files = [directory / n for n in ("root.pem", "chain.pem", "signer-key.pem")]
+        if not all(f.exists() for f in files):
+            _create_local_ca(directory)
+        return cls.from_files(chain=files[1], key=files[2], anchors=files[0])
+
+
+def _create_local_ca(directory: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cameo-consent (local)"),
+            ]
+        )
+
+    def usage(*, sign: bool, ca: bool) -> x509.KeyUsage:
+        return x509.KeyUsage(
+            digital_signature=sign,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=ca,
+            crl_sign=ca,
+            encipher_only=False,
+            decipher_only=False,
+        )
+
+    now = dt.datetime.now(dt.UTC)
+    root_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(name("cameo-consent local root"))
+        .issuer_name(name("cameo-consent local root"))
+        .public_key(root_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(usage(sign=False, ca=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
+        .sign(root_key, hashes.SHA256())
+    )
+    # c2pa accepts a leaf only with digitalSignature, EKU emailProtection, SKI and AKI, not self-signed.
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(name("cameo-consent signer"))
+        .issuer_name(root.subject)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=825))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(usage(sign=True, ca=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False
+        )
+        .sign(root_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    directory.mkdir(parents=True, exist_ok=True)
+    key_file = directory / "signer-key.pem"
+    key_file.touch(mode=0o600)
+    key_file.write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (directory / "chain.pem").write_bytes(leaf.public_bytes(pem) + root.public_bytes(pem))
+    (directory / "root.pem").write_bytes(root.public_bytes(pem))
+
+
+def build_manifest(manifest: Mapping[str, Any], *, claim_generator: str) -> dict[str, Any]:
+    """The C2PA manifest of a generated video: AI-created, consent used, training and mining not allowed."""
+    name, _, version = claim_generator.partition("/")
+    assertions: list[dict[str, Any]] = [
+        {
+            "label": "c2pa.actions",
+            "data": {
+                "actions": [
+                    {
+                        "action": "c2pa.created",
+                        "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
+                        "softwareAgent": {
+                            "name": manifest["model_id"],
+                            "version": manifest.get("model_version", ""),
+                        },
+                    },
+                    *(
+                        [{"action": "c2pa.watermarked", "softwareAgent": {"name": name, "version": version}}]
+                        if manifest.get("watermark")
+                        else []
+                    ),
+                ]
+            },
+        },
+        {
+            "label": "cawg.training-mining",
+            "data": {
+                "entries": {
+                    "cawg.ai_generative_training": NOT_ALLOWED,
+                    "cawg.ai_inference": NOT_ALLOWED,
+                    "cawg.ai_training": NOT_ALLOWED,
+                    "cawg.data_mining": NOT_ALLOWED,
+                }
+            },
+        },
+        {"label": CONSENT_LABEL, "data": dict(manifest["consent"])},
+    ]
+    if manifest.get("watermark"):
+        assertions.append({"label": "c2pa.soft-binding", "data": dict(manifest["watermark"])})
+    return {
+        "claim_generator_info": [{"name": name, "version": version}],
+        "title": f"{manifest['generation_id']}.mp4",
+        "format": "video/mp4",
+        "assertions": assertions,
+    }
+
+
+class C2paSigner:
+    """Signs MP4s with a reusable c2pa Signer; an optional TSA is bounded by a hard timeout."""
+
+    def __init__(
+        self,
+        identity: SigningIdentity,
+        *,
+        claim_generator: str,
+        tsa_url: str | None = None,
+        tsa_timeout: float = 10.0,
+    ) -> None:
+        import c2pa
+
+        self.identity = identity
+        self._claim_generator = claim_generator
+        self._tsa_timeout = tsa_timeout
+        info = c2pa.C2paSignerInfo(
+            identity.alg.encode(), identity.chain_pem, identity.key_pem, tsa_url.encode() if tsa_url else None
+        )
+        try:
+            self._signer = c2pa.Signer.from_info(info)
+        except c2pa.C2paError as exc:
+            raise ProvenanceError(f"signing identity refused: {exc}") from exc
+        self._lock = threading.Lock()  # one c2pa Signer is reused; calls into it are serialised
+
+    def sign(self, source: Any, dest: Any, *, manifest: Mapping[str, Any]) -> None:
+        """Write a signed copy of `source` to `dest`."""
+        import c2pa
+
+        document = build_manifest(manifest, claim_generator=self._claim_generator)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self._lock:
+                    c2pa.Builder(json.dumps(document)).sign_file(str(source), str(dest), self._signer)
+            except BaseException as exc:  # handed to the caller's thread
+                errors.append(exc)
+
+        worker = threading.Thread(target=run, name="c2pa-sign", daemon=True)
+        worker.start()
+        worker.join(self._tsa_timeout + 60)
+        if worker.is_alive():
+            raise ProvenanceError("signing timed out (time-stamp authority did not answer)")
+        if errors:
+            raise ProvenanceError(f"signing failed: {errors[0]}") from errors[0]
+
+
+@dataclass(frozen=True)
+class ProvenanceReport:
+    state: str  # Trusted, Valid or Invalid
+    failures: list[str]
+    trusted: bool
+    title: str | None = None
+    claim_generator: str | None = None
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    training_mining: dict[str, Any] = field(default_factory=dict)
+    consent: dict[str, Any] = field(default_factory=dict)
+
+
+def verify_video(path: Path, *, anchors_pem: bytes) -> ProvenanceReport:
+    """Read and validate a video's C2PA manifest against the given trust anchors."""
+    import c2pa
+
+    context = c2pa.Context.from_dict({"trust": {"user_anchors": anchors_pem.decode()}})
+    try:
+        with path.open("rb") as stream:
+            report = json.loads(c2pa.Reader("video/mp4", stream, context=context).json())
+    except c2pa.C2paError as exc:
+        raise ProvenanceError(f"no readable C2PA manifest: {exc}") from exc
+    results = report.get("validation_results", {}).get("activeManifest", {})
+    failures = [f["code"] for f in results.get("failure", [])]
+    manifest = report.get("manifests", {}).get(report.get("active_manifest", ""), {})
+    by_label = {
+        a["label"].split(".v")[0] if a["label"].startswith("c2pa.actions") else a["label"]: a.get("data", {})
+        for a in manifest.get("assertions", [])
+    }
+    generator = (manifest.get("claim_generator_info") or [{}])[0]
+    return ProvenanceReport(
+        state=report.get("validation_state", "Invalid"),
+        failures=failures,
+        trusted=report.get("validation_state") == "Trusted",
+        title=manifest.get("title"),
+        claim_generator=f"{generator.get('name', '')}/{generator.get('version', '')}",
+        actions=by_label.get("c2pa.actions", {}).get("actions", []),
+        training_mining=by_label.get("cawg.training-mining", {}).get("entries", {}),
+        consent=by_label.get(CONSENT_LABEL, {}),
+    )

@@ -1,0 +1,131 @@
+"""C2PA provenance: signed releases, live consent status, upload verification, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from generator_adapter import verify_cli
+from generator_adapter.signing import C2paSigner, SigningIdentity, build_manifest
+from generator_adapter.video import encode_mp4
+from tests.test_generations import _request, _wait
+
+
+@pytest.fixture
+def released(gen_api):
+    gid = _request(gen_api, "bob", "@alice waves", steps=2).json()["id"]
+    assert _wait(gen_api, gid)["status"] == "released"
+    return gen_api, gid, gen_api.call("GET", f"/v1/generations/{gid}/video", "bob").content
+
+
+def _verify(api, content, **headers):
+    return api.client.post(
+        "/v1/provenance/verify", content=content, headers={"Content-Type": "video/mp4", **headers}
+    )
+
+
+def test_provenance_status_url_follows_consent(released):
+    api, gid, _ = released
+    status = api.client.get(f"/v1/provenance/status/{gid}")  # public, no key
+    assert status.status_code == 200 and status.json()["status"] == "valid"
+    assert set(status.json()) == {"generation_id", "status", "consent_revision", "checked_at"}
+    api.call("DELETE", "/v1/cameos/alice/grants/bob", "alice")
+    assert api.client.get(f"/v1/provenance/status/{gid}").json()["status"] == "revoked"
+    api.call("POST", f"/v1/generations/{gid}/takedown", "alice")
+    assert api.client.get(f"/v1/provenance/status/{gid}").json()["status"] == "taken_down"
+    assert api.client.get("/v1/provenance/status/nope").status_code == 404
+
+
+def test_provenance_verify_upload_is_trusted_with_consent_and_audit(released):
+    api, gid, content = released
+    r = _verify(api, content)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["validation"] == {"state": "Trusted", "failures": []}
+    assert body["consent_status"]["status"] == "valid" and body["consent_status"]["generation_id"] == gid
+    assert isinstance(body["audit"]["release_entry"], int)
+    entry = api.call(
+        "GET",
+        "/v1/log/entries",
+        "auditor",
+        params={"start": body["audit"]["release_entry"], "end": body["audit"]["release_entry"] + 1},
+    )
+    assert json.loads(entry.json()["entries"][0]["entry"])["action"] == "generation.release"
+
+
+def test_provenance_tampered_video_reads_invalid(released):
+    api, _, content = released
+    data = bytearray(content)
+    i = data.find(b"mdat")
+    data[i + 64] ^= 0xFF
+    body = _verify(api, bytes(data)).json()
+    assert body["validation"]["state"] == "Invalid"
+    assert "assertion.bmffHash.mismatch" in body["validation"]["failures"]
+
+
+def test_provenance_bad_uploads(released, tmp_path):
+    api, _, content = released
+    assert _verify(api, b"this is not a video at all").json()["error"]["code"] == "not_a_video"
+    assert _verify(api, content[: len(content) // 3]).json()["error"]["code"] == "no_provenance"
+    plain = encode_mp4(np.zeros((3, 32, 32, 3), dtype=np.uint8), tmp_path / "plain.mp4", fps=8).read_bytes()
+    assert _verify(api, plain).json()["error"]["code"] == "no_provenance"
+    stranger = SigningIdentity.local(tmp_path / "other-ca")
+    signed = tmp_path / "stranger.mp4"
+    C2paSigner(stranger, claim_generator="someone/1.0").sign(
+        tmp_path / "plain.mp4", signed, manifest={"generation_id": "x", "model_id": "m", "consent": {}}
+    )
+    r = _verify(api, signed.read_bytes())
+    assert r.status_code == 422 and r.json()["error"]["code"] == "untrusted_signer"
+
+
+def test_provenance_upload_cap(settings, tiny_wan):
+    from fastapi.testclient import TestClient
+
+    from consent_service.app import create_app
+
+    small = settings.model_copy(update={"max_video_bytes": 2048})
+    with TestClient(create_app(small)) as client:
+        r = client.post("/v1/provenance/verify", content=b"\0" * 5000)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "video_too_large"
+
+        def chunks():
+            for _ in range(10):
+                yield b"\0" * 1024
+
+        assert client.post("/v1/provenance/verify", content=chunks()).status_code == 413
+
+
+def test_provenance_cli(released, tmp_path, capsys):
+    api, _, content = released
+    video, anchors = tmp_path / "v.mp4", tmp_path / "root.pem"
+    video.write_bytes(content)
+    anchors.write_bytes(api.client.get("/v1/provenance/anchors").content)
+    assert verify_cli.main([str(video), "--anchors", str(anchors)]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "Trusted"
+    data = bytearray(content)
+    data[data.find(b"mdat") + 64] ^= 0xFF
+    video.write_bytes(bytes(data))
+    assert verify_cli.main([str(video), "--anchors", str(anchors)]) == 1
+
+
+def test_provenance_local_identity_is_made_once(tmp_path):
+    first = SigningIdentity.local(tmp_path / "ca")
+    again = SigningIdentity.local(tmp_path / "ca")
+    assert first == again and b"BEGIN CERTIFICATE" in first.anchors_pem
+    assert oct((tmp_path / "ca" / "signer-key.pem").stat().st_mode & 0o777) == "0o600"
+
+
+def test_provenance_manifest_declares_watermark_when_present():
+    manifest = build_manifest(
+        {
+            "generation_id": "g",
+            "model_id": "m",
+            "consent": {"cameo_ids": []},
+            "watermark": {"alg": "com.example.dwtdctsvd", "value": "abcd"},
+        },
+        claim_generator="cameo-consent/0.1.0",
+    )
+    labels = [a["label"] for a in manifest["assertions"]]
+    assert "c2pa.soft-binding" in labels
+    actions = manifest["assertions"][0]["data"]["actions"]
+    assert [a["action"] for a in actions] == ["c2pa.created", "c2pa.watermarked"]
