@@ -300,3 +300,26 @@ def test_generation_backend_loads_real_classes_from_a_directory(tiny_wan, tmp_pa
         DiffusersGenerator(tmp_path)
     with pytest.raises(GeneratorFailed, match="model_index"):
         DiffusersGenerator(tmp_path / "missing")
+
+
+def test_generation_backend_runs_ltx_video_too(tmp_path):
+    from generator_adapter.diffusers_backend import DiffusersGenerator
+    from generator_adapter.interface import GenerationCancelled
+    from generator_adapter.tiny import build_tiny_ltx
+
+    gen = DiffusersGenerator(build_tiny_ltx(tmp_path / "tiny-ltx"))
+    assert gen.model_id.startswith("LTXPipeline")
+    out = gen.generate(
+        GenerationRequest(prompt="a cat", num_frames=9, height=32, width=32, steps=2),
+        progress=lambda d, t: None,
+        should_cancel=lambda: False,
+    )
+    assert out.frames.shape == (9, 32, 32, 3) and out.fps == 24
+    steps = []
+    with pytest.raises(GenerationCancelled):
+        gen.generate(
+            GenerationRequest(prompt="a cat", num_frames=9, height=32, width=32, steps=4),
+            progress=lambda d, t: steps.append(d),
+            should_cancel=lambda: len(steps) >= 1,
+        )
+    assert steps == [1]
