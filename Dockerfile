@@ -11,17 +11,20 @@ COPY audit ./audit
 COPY generator_adapter ./generator_adapter
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
- && /opt/venv/bin/pip install --no-cache-dir .
+ && /opt/venv/bin/pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+ && /opt/venv/bin/pip install --no-cache-dir '.[generator]' \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps invisible-watermark==0.2.0
 
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 AS gpu
 RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home /srv consent && mkdir -p /srv/var && chown consent /srv/var
 COPY --from=build /src /src
+# PyPI's Linux torch wheel is the CUDA build; onnxruntime-gpu serves the face models.
 RUN python3.11 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cu124 torch==2.6.0 \
  && /opt/venv/bin/pip install --no-cache-dir onnxruntime-gpu==1.20.1 \
- && /opt/venv/bin/pip install --no-cache-dir /src
+ && /opt/venv/bin/pip install --no-cache-dir '/src[generator]' \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps invisible-watermark==0.2.0
 ENV PATH=/opt/venv/bin:$PATH CONSENT_DATA_DIR=/srv/var PYTHONUNBUFFERED=1
 WORKDIR /srv
 USER consent

@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,generator]'
+	$(BIN)/python -m pip install --quiet --no-deps invisible-watermark==0.2.0
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -103,6 +103,7 @@ def build_runner(runtime: Runtime) -> GenerationRunner:
         scanner=NoEnrolledTemplates(),
         signer=build_signer(settings),
         status_url=f"{settings.public_base_url.rstrip('/')}/v1/provenance/status/{{generation_id}}",
+        visible_label=settings.visible_label,
     )
 
 

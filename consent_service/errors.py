@@ -156,6 +156,10 @@ class UntrustedSigner(InvalidRequest):
     code = "untrusted_signer"
 
 
+class WatermarkNotFound(NotFound):
+    code = "watermark_not_found"
+
+
 class Unavailable(DomainError):
     code = "unavailable"
 

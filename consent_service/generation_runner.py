@@ -30,6 +30,7 @@ from generator_adapter.interface import (
     OutputSigner,
     VideoGenerator,
 )
+from generator_adapter.watermark import ALG
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class GenerationRunner:
         scanner: LikenessScanner,
         signer: OutputSigner | None,
         status_url: str = "/v1/provenance/status/{generation_id}",
+        visible_label: bool = True,
     ) -> None:
         self.engine = engine
         self.replica = replica
@@ -56,6 +58,7 @@ class GenerationRunner:
         self.scanner = scanner
         self.signer = signer
         self._status_url = status_url
+        self.visible_label = visible_label
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -203,10 +206,12 @@ class GenerationRunner:
     ) -> GenerationStatus:
         from generator_adapter.video import encode_mp4
 
-        held = self.outputs_dir / "held" / f"{generation_id}.mp4"
-        encode_mp4(result.frames, held, fps=result.fps)
-        # Output scan: an enrolled likeness the actor has no consent for blocks release.
+        # Output scan first, on the frames as generated: an enrolled likeness the actor has
+        # no consent for blocks release.
         found = self.scanner.scan(result.frames)
+        frames, watermark = self._mark(generation_id, actor, result.frames)
+        held = self.outputs_dir / "held" / f"{generation_id}.mp4"
+        encode_mp4(frames, held, fps=result.fps)
         unconsented = self._unconsented(actor, owners, found)
         if unconsented:
             self._set(
@@ -244,11 +249,25 @@ class GenerationRunner:
             return GenerationStatus.held
         signed = self.outputs_dir / "signing" / f"{generation_id}.mp4"
         signed.parent.mkdir(parents=True, exist_ok=True)
-        self.signer.sign(held, signed, manifest=self._manifest(generation_id, result.model_id))
+        self.signer.sign(held, signed, manifest=self._manifest(generation_id, result.model_id, watermark))
         held.unlink(missing_ok=True)
         return self._publish(generation_id, actor, owners, signed, result.model_id)
 
-    def _manifest(self, generation_id: str, model_id: str) -> dict[str, Any]:
+    def _mark(self, generation_id: str, actor: Principal, frames: Any) -> tuple[Any, str | None]:
+        """The visible label, then the invisible watermark when the frames are large enough for it."""
+        from generator_adapter import watermark
+
+        if self.visible_label:
+            from generator_adapter.label import draw_label
+
+            frames = draw_label(frames, f"AI-generated \u00b7 @{actor.handle}")
+        if not watermark.can_embed(frames):
+            return frames, None
+        payload = watermark.payload_for(generation_id)
+        self._set(generation_id, watermark=payload.hex())
+        return watermark.embed(frames, payload), payload.hex()
+
+    def _manifest(self, generation_id: str, model_id: str, watermark: str | None = None) -> dict[str, Any]:
         """What the C2PA manifest says about consent: pseudonymous ids and where to check it now."""
         with Session(self.engine) as session:
             cameos = sorted(
@@ -267,6 +286,7 @@ class GenerationRunner:
                 "consent_revision": self.replica.policy.revision,
                 "status_url": self._status_url.format(generation_id=generation_id),
             },
+            **({"watermark": {"alg": ALG, "value": watermark}} if watermark else {}),
         }
 
     def _publish(

@@ -267,6 +267,8 @@ class Generation(SQLModel, table=True):
     model_id: str | None = Field(default=None, max_length=256)
     output_path: str | None = Field(default=None, max_length=1024)
     output_sha256: str | None = Field(default=None, max_length=64)
+    # Hex of the invisible watermark payload, to find a video whose metadata was stripped.
+    watermark: str | None = Field(default=None, index=True, max_length=16)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 

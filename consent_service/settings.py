@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     c2pa_tsa_url: str | None = None
     c2pa_tsa_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     max_video_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    # A visible "AI-generated · @handle" label on every released video.
+    visible_label: bool = True
     # Jobs run in this process by default; "celery" sends them to GPU workers through Redis.
     job_backend: Literal["inprocess", "celery"] = "inprocess"
     celery_broker_url: str = "redis://127.0.0.1:6379/0"

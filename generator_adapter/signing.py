@@ -5,6 +5,7 @@ Signing goes path to path, so a video is never held in memory whole.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import threading
@@ -153,7 +154,14 @@ def build_manifest(manifest: Mapping[str, Any], *, claim_generator: str) -> dict
         {"label": CONSENT_LABEL, "data": dict(manifest["consent"])},
     ]
     if manifest.get("watermark"):
-        assertions.append({"label": "c2pa.soft-binding", "data": dict(manifest["watermark"])})
+        mark = manifest["watermark"]
+        value = base64.b64encode(bytes.fromhex(mark["value"])).decode()
+        assertions.append(
+            {
+                "label": "c2pa.soft-binding",
+                "data": {"alg": mark["alg"], "blocks": [{"scope": {}, "value": value}]},
+            }
+        )
     return {
         "claim_generator_info": [{"name": name, "version": version}],
         "title": f"{manifest['generation_id']}.mp4",

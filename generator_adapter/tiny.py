@@ -8,6 +8,7 @@ it loads real weights; they produce noise, quickly.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 def _tokenizer():
@@ -37,6 +38,20 @@ def _tokenizer():
     )
 
 
+def _text_encoder(model_cls: Any, config_cls: Any, *, vocab_size: int) -> Any:
+    """A two-layer T5-family encoder, 32 wide: the smallest that both pipelines accept."""
+    config = config_cls(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+    )
+    return model_cls(config).eval()  # eval(): dropout would make runs differ
+
+
 def build_tiny_wan(directory: Path, *, seed: int = 0) -> Path:
     """A WanPipeline with the smallest sizes that run (see shared STACK.md), saved with save_pretrained."""
     import torch
@@ -50,17 +65,7 @@ def build_tiny_wan(directory: Path, *, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = _tokenizer()
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-        )
-    ).eval()
+    text_encoder = _text_encoder(UMT5EncoderModel, UMT5Config, vocab_size=len(tokenizer))
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
@@ -102,17 +107,7 @@ def build_tiny_ltx(directory: Path, *, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = _tokenizer()
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-        )
-    ).eval()
+    text_encoder = _text_encoder(T5EncoderModel, T5Config, vocab_size=len(tokenizer))
     vae = AutoencoderKLLTXVideo(
         latent_channels=8,
         block_out_channels=(8, 8, 8, 8),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from consent_service.errors import VideoTooLarge
 from consent_service.services import provenance
 
 router = APIRouter(prefix="/v1/provenance", tags=["provenance"])
-UPLOAD_PATHS = ("/v1/provenance/verify",)
+UPLOAD_PATHS = ("/v1/provenance/verify", "/v1/provenance/lookup")
 
 
 @router.get("/status/{generation_id}")
@@ -30,25 +31,39 @@ def anchors(runtime: RuntimeDep) -> PlainTextResponse:
     return PlainTextResponse(runtime.anchors_pem.decode(), media_type="application/x-pem-file")
 
 
-@router.post("/verify")
-async def verify(request: Request, session: SessionDep, runtime: RuntimeDep) -> dict[str, Any]:
-    """Upload an MP4 (raw body): validation state, manifest summary, consent status now, audit reference."""
-    cap = runtime.settings.max_video_bytes
+async def _spooled(request: Request, cap: int, work: Callable[[Path], Any]) -> Any:
+    """Spool an upload to disk under a size cap (never the whole video in memory), then run `work`."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap:
         raise VideoTooLarge(f"videos are limited to {cap} bytes")
     with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
         size = 0
-        async for chunk in request.stream():  # spooled to disk: never the whole video in memory
+        async for chunk in request.stream():
             size += len(chunk)
             if size > cap:
                 raise VideoTooLarge(f"videos are limited to {cap} bytes")
             tmp.write(chunk)
         tmp.flush()
-        return await run_in_threadpool(
-            provenance.verify_upload,
-            session,
-            runtime.replica,
-            path=Path(tmp.name),
-            anchors_pem=runtime.anchors_pem,
+        return await run_in_threadpool(work, Path(tmp.name))
+
+
+@router.post("/verify")
+async def verify(request: Request, session: SessionDep, runtime: RuntimeDep) -> dict[str, Any]:
+    """Upload an MP4 (raw body): validation state, manifest summary, consent status now, audit reference."""
+
+    def work(path: Path) -> Any:
+        return provenance.verify_upload(session, runtime.replica, path=path, anchors_pem=runtime.anchors_pem)
+
+    return await _spooled(request, runtime.settings.max_video_bytes, work)
+
+
+@router.post("/lookup")
+async def lookup(request: Request, session: SessionDep, runtime: RuntimeDep) -> dict[str, Any]:
+    """Upload a video whose metadata was stripped: its watermark leads to the manifest and consent status."""
+
+    def work(path: Path) -> Any:
+        return provenance.lookup_stripped(
+            session, runtime.replica, path=path, anchors_pem=runtime.anchors_pem
         )
+
+    return await _spooled(request, runtime.settings.max_video_bytes, work)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlmodel import Session, select
 
@@ -40,23 +41,11 @@ class GrantView:
     created_at: datetime
 
 
-@dataclass(frozen=True)
-class Changed:
-    revision: int
-
-
 def _user(session: Session, handle: str) -> Principal:
     person = get_by_handle(session, handle=handle)
     if person.kind is not PrincipalKind.user:
         raise InvalidRequest(f"@{person.handle} is not a user")
     return person
-
-
-def _live_cameo(session: Session, handle: str) -> tuple[Principal, object]:
-    owner, cameo = load_cameo(session, handle=handle)
-    if cameo.state is CameoState.deleted:
-        raise CameoNotFound(f"@{owner.handle} has no cameo")
-    return owner, cameo
 
 
 @writes
@@ -165,6 +154,21 @@ def list_grants(
     return [GrantView(p.handle, list(g.purposes), g.expires_at, g.created_at) for g, p in rows]
 
 
+def _owner_cameo_person(
+    session: Session,
+    *,
+    actor: PrincipalLike,
+    owner_handle: str,
+    person: str,
+    tightening: bool,
+    adult_age: int,
+) -> tuple[Principal, Any, Principal]:
+    """The cameo being changed, after the authorization check, and the other person named."""
+    owner, cameo = load_cameo(session, handle=owner_handle)
+    authorize_change(session, actor=actor, owner=owner, tightening=tightening, adult_age=adult_age)
+    return owner, cameo, get_by_handle(session, handle=person)
+
+
 @writes
 def block(
     session: Session,
@@ -176,9 +180,14 @@ def block(
     adult_age: int,
 ) -> int:
     """Block a person from the cameo whatever the audience or grants say."""
-    owner, cameo = load_cameo(session, handle=owner_handle)
-    authorize_change(session, actor=actor, owner=owner, tightening=True, adult_age=adult_age)
-    blocked = get_by_handle(session, handle=blocked_handle)
+    owner, cameo, blocked = _owner_cameo_person(
+        session,
+        actor=actor,
+        owner_handle=owner_handle,
+        person=blocked_handle,
+        tightening=True,
+        adult_age=adult_age,
+    )
     if blocked.id == owner.id:
         raise InvalidRequest("you cannot block yourself")
     if session.get(Block, (cameo.id, blocked.id)) is None:
@@ -207,9 +216,14 @@ def unblock(
     adult_age: int,
 ) -> int:
     """Lift a block (only the owner: it loosens consent)."""
-    owner, cameo = load_cameo(session, handle=owner_handle)
-    authorize_change(session, actor=actor, owner=owner, tightening=False, adult_age=adult_age)
-    blocked = get_by_handle(session, handle=blocked_handle)
+    owner, cameo, blocked = _owner_cameo_person(
+        session,
+        actor=actor,
+        owner_handle=owner_handle,
+        person=blocked_handle,
+        tightening=False,
+        adult_age=adult_age,
+    )
     row = session.get(Block, (cameo.id, blocked.id))
     if row is None:
         raise NotFound(f"@{blocked.handle} is not blocked")

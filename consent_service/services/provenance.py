@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from consent_service.errors import NoProvenance, NotAVideo, NotFound, UntrustedSigner
+from consent_service.errors import NoProvenance, NotAVideo, NotFound, UntrustedSigner, WatermarkNotFound
 from consent_service.models import (
     AuditEvent,
     Generation,
@@ -93,4 +93,31 @@ def verify_upload(
             )
         ).first()
         result["audit"] = {"generation_id": generation_id, "release_entry": seq}
+    return result
+
+
+def lookup_stripped(
+    session: Session, replica: ConsentReplica, *, path: Path, anchors_pem: bytes
+) -> dict[str, Any]:
+    """Find a video's generation from its invisible watermark when its metadata is gone."""
+    from generator_adapter.watermark import NotAVideoFile, extract, sample_frames
+
+    try:
+        frames = sample_frames(path)
+    except NotAVideoFile as exc:
+        raise NotAVideo(f"not a readable video: {exc}") from exc
+    payload = extract(frames)
+    if payload is None:
+        raise WatermarkNotFound("no watermark of this service could be read from the video")
+    generation = session.exec(select(Generation).where(Generation.watermark == payload.hex())).first()
+    if generation is None:
+        raise WatermarkNotFound("the watermark matches no video released by this service")
+    result: dict[str, Any] = {"watermark": payload.hex(), "generation_id": generation.id}
+    try:
+        result["consent_status"] = consent_status(session, replica, generation_id=generation.id)
+    except NotFound:
+        result["consent_status"] = {"generation_id": generation.id, "status": str(generation.status)}
+    if generation.output_path and Path(generation.output_path).exists():
+        report = verify_video(Path(generation.output_path), anchors_pem=anchors_pem)
+        result["manifest"] = {k: v for k, v in asdict(report).items() if k not in ("failures", "trusted")}
     return result
