@@ -6,7 +6,7 @@ import gc
 import logging
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select, text
@@ -21,6 +21,7 @@ from consent_service.models import (
     LikenessGrant,
     Principal,
     PrincipalLike,
+    utcnow,
 )
 from consent_service.services.changes import NOTIFY_CHANNEL
 from policy.likeness import LikenessPolicy
@@ -99,6 +100,16 @@ class ConsentReplica:
             counter = text("SELECT value FROM revision_counter WHERE id = 1")
             revision = int(session.execute(counter).scalar_one())
             self.policy.bulk_load(revision=revision, ops=_snapshot_ops(session))
+            # Receipts live at most 10 minutes; the last 15 minutes of changes tell which of
+            # them lost their consent before this process started.
+            recent = session.execute(
+                select(col(ConsentChange.revision), col(ConsentChange.ops)).where(
+                    col(ConsentChange.revision) <= revision,
+                    col(ConsentChange.created_at) >= utcnow() - timedelta(minutes=15),
+                )
+            ).all()
+            for rev, ops in recent:
+                self.policy.note_history(rev, ops)
             session.rollback()
         # A million long-lived rules would make every full GC pass walk them all,
         # a pause of tens of milliseconds; freezing moves them out of its reach.

@@ -119,6 +119,10 @@ class LikenessPolicy:
         self._owners: dict[str, OwnerState] = {}
         self._grants: dict[tuple[str, str], Rule] = {}
         self._following: dict[str, set[str]] = {}
+        # Revision of the latest change that took consent away, per owner and per (owner, actor):
+        # a receipt issued before it no longer holds, even if consent was given again since.
+        self._revoked_owner: dict[str, int] = {}
+        self._revoked_pair: dict[tuple[str, str], int] = {}
         self._revision = 0
         model = _LikenessModel()
         model.load_model(str(model_path))
@@ -244,8 +248,39 @@ class LikenessPolicy:
             if revision != self._revision + 1:
                 raise ValueError(f"revision gap: have {self._revision}, got {revision}")
             for op in ops:
+                self._note_revocation(revision, op, self._owners.get(op.get("owner", "")))
                 self._apply_op(op)
             self._revision = revision
+
+    def note_history(self, revision: int, ops: Iterable[Mapping[str, Any]]) -> None:
+        """Record revocations from changes older than a snapshot (their previous state is unknown,
+        so every cameo change counts as one: the cautious reading)."""
+        with self._lock:
+            for op in ops:
+                self._note_revocation(revision, op, None, cautious=True)
+
+    def revoked_since(self, *, owner_id: str, actor_id: str, revision: int) -> bool:
+        """Did any change after `revision` take this actor's consent for this owner away?"""
+        latest = max(self._revoked_owner.get(owner_id, 0), self._revoked_pair.get((owner_id, actor_id), 0))
+        return latest > revision
+
+    def _note_revocation(
+        self, revision: int, op: Mapping[str, Any], before: OwnerState | None, *, cautious: bool = False
+    ) -> None:
+        kind = op["op"]
+        if kind in ("ungrant", "grant"):  # a replaced grant may be narrower
+            self._revoked_pair[(op["owner"], op["grantee"])] = revision
+        elif kind == "block":
+            self._revoked_pair[(op["owner"], op["actor"])] = revision
+        elif kind == "unfollow":  # ends mutual status in both directions
+            self._revoked_pair[(op["followee"], op["follower"])] = revision
+            self._revoked_pair[(op["follower"], op["followee"])] = revision
+        elif kind == "cameo":
+            order = ["only_me", "approved", "mutuals", "everyone"]
+            lowered = before is not None and order.index(op["audience"]) < order.index(before.audience)
+            left = before is not None and before.state == "verified" and op["state"] != "verified"
+            if cautious or lowered or left:
+                self._revoked_owner[op["owner"]] = revision
 
     def bulk_load(self, *, revision: int, ops: Iterable[Mapping[str, Any]]) -> None:
         """Load a snapshot taken at `revision` into an empty replica."""

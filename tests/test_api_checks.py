@@ -194,3 +194,25 @@ def test_receipt_key_rotation_keeps_old_receipts_verifiable(tmp_path):
     rotated = ReceiptKeys(signing=new, previous=(old.public_key(),))
     assert rotated.verify(token, now=time.time())["rev"] == 1
     assert len(rotated.jwks()["keys"]) == 2
+
+
+def test_receipt_revoked_then_regranted_stays_revoked(api):
+    """A receipt rests on the consent it was issued under; a later re-grant does not revive it."""
+    _granted(api)
+    receipt = api.check("bob", ["alice"]).json()["receipt"]
+    api.call("DELETE", "/v1/cameos/alice/grants/bob", "alice")
+    api.call(
+        "POST", "/v1/cameos/alice/grants", "alice", json={"grantee_handle": "bob", "purposes": ["generate"]}
+    )
+    body = _status(api, receipt).json()
+    assert body["valid"] is False and list(body["reasons"].values()) == ["revoked_since_issued"]
+    fresh = api.check("bob", ["alice"]).json()["receipt"]
+    assert _status(api, fresh).json()["valid"] is True
+    # A new process learns the revocation from the recent change log, not only from live changes.
+    from fastapi.testclient import TestClient
+
+    from consent_service.app import create_app
+
+    with TestClient(create_app(api.settings)) as other:
+        body = other.post("/v1/consent/receipts/status", json={"receipt": receipt}).json()
+        assert body["valid"] is False and body["status"] == "revoked"

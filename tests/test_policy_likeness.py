@@ -341,3 +341,20 @@ def test_likeness_decide_all_shares_one_revision():
 )
 def test_is_minor_birthday_boundary(birth, minor):
     assert is_minor(birth, today=TODAY, adult_age=18) is minor
+
+
+def test_likeness_revoked_since_tracks_each_kind_of_revocation():
+    policy = LikenessPolicy()
+    policy.apply(1, [cameo("alice", "everyone"), grant("alice", "bob")])
+    assert not policy.revoked_since(owner_id="alice", actor_id="bob", revision=1)
+    policy.apply(2, [{"op": "block", "owner": "alice", "actor": "carl"}])
+    assert policy.revoked_since(owner_id="alice", actor_id="carl", revision=1)
+    assert not policy.revoked_since(owner_id="alice", actor_id="bob", revision=1)
+    policy.apply(3, [cameo("alice", "everyone")])  # same audience: nothing taken away
+    assert not policy.revoked_since(owner_id="alice", actor_id="bob", revision=2)
+    policy.apply(4, [cameo("alice", "approved")])  # lowered: every receipt before it is revoked
+    assert policy.revoked_since(owner_id="alice", actor_id="bob", revision=3)
+    assert not policy.revoked_since(owner_id="alice", actor_id="bob", revision=4)
+    history = LikenessPolicy()
+    history.note_history(7, [cameo("alice", "everyone")])  # unknown previous state: cautious
+    assert history.revoked_since(owner_id="alice", actor_id="bob", revision=6)

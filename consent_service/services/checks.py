@@ -182,6 +182,11 @@ def _result(owner: PrincipalLike, decision: Decision, prompt: str | None) -> Cam
     return CameoDecision(owner.handle, cameo_id, allowed, reason, terms, instructions)
 
 
+ALLOWING = {
+    r.value for r in (Reason.self_use, Reason.granted, Reason.audience_everyone, Reason.audience_mutuals)
+}
+
+
 @dataclass(frozen=True)
 class ReceiptStatus:
     valid: bool
@@ -219,8 +224,13 @@ def receipt_status(
         now=now,
         today=date.today(),
     )
-    reasons = {c: d.reason.value for c, d in zip(cameo_ids, decisions, strict=True)}
-    valid = all(d.allowed for d in decisions)
+    reasons = {}
+    for cameo_id, d in zip(cameo_ids, decisions, strict=True):
+        revoked = replica.policy.revoked_since(
+            owner_id=cameos[cameo_id].owner_id, actor_id=actor.id, revision=rev
+        )
+        reasons[cameo_id] = "revoked_since_issued" if d.allowed and revoked else d.reason.value
+    valid = all(r in ALLOWING for r in reasons.values())
     return ReceiptStatus(
         valid, "valid" if valid else "revoked", decisions[0].revision, reasons, _public(claims)
     )
