@@ -192,6 +192,10 @@ class GenerationRunner:
         return self._finish(generation_id, actor, owners, result)
 
     def _cancelled(self, generation_id: str, actor: Principal, reason: str) -> GenerationStatus:
+        with Session(self.engine) as session:
+            current = session.get(Generation, generation_id)
+            if current is not None and current.status is GenerationStatus.taken_down:
+                return GenerationStatus.taken_down  # the owner's takedown stands
         self._set(
             generation_id,
             status=GenerationStatus.cancelled,
@@ -305,6 +309,14 @@ class GenerationRunner:
             if revision > self.replica.policy.revision:
                 self.replica.catch_up()
             problem = self._consent_problem(actor, owners)
+            # A takedown or cancel that landed while the video was encoded or signed wins.
+            still_wanted = session.execute(
+                select(col(Generation.status), col(Generation.cancel_requested)).where(
+                    col(Generation.id) == generation_id
+                )
+            ).one()
+            if problem is None and tuple(still_wanted) != (GenerationStatus.running, False):
+                problem = "cancelled_before_release"
             if problem is None:
                 signed.replace(final)
                 session.execute(

@@ -323,3 +323,20 @@ def test_generation_backend_runs_ltx_video_too(tmp_path):
             should_cancel=lambda: len(steps) >= 1,
         )
     assert steps == [1]
+
+
+def test_generation_takedown_during_signing_is_never_released(gen_api):
+    runtime, gid = _queued(gen_api)
+    runner = build_runner(runtime)
+    inner = runner.signer
+
+    class _TakedownWhileSigning:
+        def sign(self, source, dest, *, manifest):
+            inner.sign(source, dest, manifest=manifest)
+            with Session(runtime.engine) as s:
+                generations.take_down(s, caller=get_by_handle(s, handle="alice"), generation_id=gid)
+
+    runner.signer = _TakedownWhileSigning()
+    assert runner.run(gid) is GenerationStatus.taken_down
+    assert _status(runtime, gid)[0] is GenerationStatus.taken_down
+    assert gen_api.call("GET", f"/v1/generations/{gid}/video", "bob").status_code == 409
