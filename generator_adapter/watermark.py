@@ -19,6 +19,11 @@ PAYLOAD_BYTES = 4
 PARITY_BYTES = 8
 STRENGTH = 60  # embedding scale; the library default (36) did not survive CRF 23 at 256x256
 CODE_BITS = (PAYLOAD_BYTES + PARITY_BYTES) * 8
+# The library repeats the bit string over the frame's blocks in raster order. With a
+# period that divides the row length, each bit would always sit in the same columns,
+# and anything covering those columns (the visible label) would hit the same bits in
+# every frame, which no vote can fix. A prime period spreads every bit over all columns.
+EMBED_BITS = 97
 
 
 def payload_for(generation_id: str) -> bytes:
@@ -41,7 +46,8 @@ def embed(frames: Any, payload: bytes) -> Any:
     from reedsolo import RSCodec
 
     encoder = WatermarkEncoder()
-    encoder.set_watermark("bits", _bits(bytes(RSCodec(PARITY_BYTES).encode(payload))))
+    code = _bits(bytes(RSCodec(PARITY_BYTES).encode(payload)))
+    encoder.set_watermark("bits", code + [0] * (EMBED_BITS - len(code)))
     scales = [0, STRENGTH, STRENGTH]
     # The library works on BGR images, as OpenCV does.
     return np.stack([encoder.encode(f[:, :, ::-1], "dwtDctSvd", scales=scales)[:, :, ::-1] for f in frames])
@@ -53,7 +59,7 @@ def extract(frames: Iterable[Any]) -> bytes | None:
     from imwatermark import WatermarkDecoder
     from reedsolo import ReedSolomonError, RSCodec
 
-    decoder = WatermarkDecoder("bits", CODE_BITS)
+    decoder = WatermarkDecoder("bits", EMBED_BITS)
     votes = [
         decoder.decode(f[:, :, ::-1], "dwtDctSvd", scales=[0, STRENGTH, STRENGTH])
         for f in frames
@@ -61,7 +67,7 @@ def extract(frames: Iterable[Any]) -> bytes | None:
     ]
     if not votes:
         return None
-    bits = (np.asarray(votes, dtype=float).mean(axis=0) > 0.5).astype(int)
+    bits = (np.asarray(votes, dtype=float)[:, :CODE_BITS].mean(axis=0) > 0.5).astype(int)
     code = bytes(int("".join(map(str, bits[i : i + 8])), 2) for i in range(0, CODE_BITS, 8))
     try:
         return bytes(RSCodec(PARITY_BYTES).decode(code)[0])
