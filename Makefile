@@ -13,8 +13,9 @@ export CONSENT_DATA_DIR ?= var
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,generator]'
-	$(BIN)/python -m pip install --quiet --no-deps invisible-watermark==0.2.0
+	$(BIN)/python -m pip install --quiet -e '.[dev,generator,verification]'
+	$(BIN)/python -m pip install --quiet --no-deps invisible-watermark==0.2.0 resemblyzer==0.1.4 \
+		insightface==2.1 speechbrain==1.1.2
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -22,17 +22,20 @@ from consent_service.api.routes_generations import router as generations_router
 from consent_service.api.routes_log import router as log_router
 from consent_service.api.routes_provenance import UPLOAD_PATHS
 from consent_service.api.routes_provenance import router as provenance_router
+from consent_service.api.routes_verification import UPLOAD_PREFIX
+from consent_service.api.routes_verification import router as verification_router
 from consent_service.api.routes_webhooks import router as webhooks_router
 from consent_service.audit_writer import AuditWriter
 from consent_service.db import WalCheckpointer, make_engine
 from consent_service.directory import Directory
 from consent_service.generation_runner import GenerationRunner
-from consent_service.jobs import CeleryJobs, JobQueue
+from consent_service.jobs import CeleryJobs, CeleryVerifications, JobQueue
 from consent_service.receipts import ReceiptKeys, load_or_create_key
 from consent_service.replica import ConsentReplica
 from consent_service.secretbox import SecretBox
 from consent_service.secretbox import load_or_create_key as load_secret_key
 from consent_service.settings import Settings
+from consent_service.verification_runner import VerificationRunner, pending
 from consent_service.webhook_dispatcher import WebhookDispatcher
 from generator_adapter.interface import NoEnrolledTemplates
 from generator_adapter.signing import C2paSigner, SigningIdentity
@@ -40,6 +43,7 @@ from policy.likeness import LikenessPolicy
 from policy.routes import RoutePolicy
 
 if TYPE_CHECKING:
+    from consent_service.verification.pipeline import Verifier
     from generator_adapter.diffusers_backend import DiffusersGenerator
 
 log = logging.getLogger(__name__)
@@ -65,7 +69,12 @@ def build_runtime(settings: Settings) -> Runtime:
         current=load_secret_key(settings.resolved_secrets_key_path, create=create),
         previous=tuple(load_secret_key(p, create=False) for p in settings.secrets_previous_key_paths),
     )
+    biometric_box = SecretBox(
+        current=load_secret_key(settings.resolved_biometric_key_path, create=create),
+        previous=tuple(load_secret_key(p, create=False) for p in settings.biometric_previous_key_paths),
+    )
     return Runtime(
+        biometric_box=biometric_box,
         settings=settings,
         engine=engine,
         replica=replica,
@@ -105,6 +114,30 @@ def build_runner(runtime: Runtime) -> GenerationRunner:
         status_url=f"{settings.public_base_url.rstrip('/')}/v1/provenance/status/{{generation_id}}",
         visible_label=settings.visible_label,
     )
+
+
+def build_verification_runner(runtime: Runtime) -> VerificationRunner:
+    """The verification job runner with the configured models, loaded on its first job."""
+    settings = runtime.settings
+
+    def verifier() -> Verifier:
+        from consent_service.verification.loaders import build_verifier
+
+        return build_verifier(settings)
+
+    return VerificationRunner(
+        engine=runtime.engine,
+        replica=runtime.replica,
+        box=runtime.biometric_box,
+        settings=settings,
+        verifier=verifier,
+    )
+
+
+def build_verifications(runtime: Runtime) -> JobQueue:
+    if runtime.settings.job_backend == "celery":
+        return CeleryVerifications(runtime.settings.celery_broker_url)
+    return build_verification_runner(runtime)
 
 
 def signing_identity(settings: Settings) -> SigningIdentity:
@@ -152,6 +185,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime.anchors_pem = signing_identity(settings).anchors_pem
         runtime.jobs = build_jobs(runtime)
         runtime.jobs.start()
+        runtime.verifications = build_verifications(runtime)
+        runtime.verifications.start()
+        for attempt_id in pending(runtime.engine):
+            runtime.verifications.submit(attempt_id)
         runtime.audit.start()
         runtime.webhooks.start()
         runtime.log.start(interval=settings.log_integrate_interval_seconds)
@@ -164,6 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             checkpointer.stop()
             runtime.jobs.stop()
+            runtime.verifications.stop()
             runtime.webhooks.stop()
             runtime.log.stop()
             runtime.audit.stop()
@@ -179,5 +217,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(generations_router)
     app.include_router(webhooks_router)
     app.include_router(provenance_router)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed=UPLOAD_PATHS)
+    app.include_router(verification_router)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        streamed=UPLOAD_PATHS,
+        streamed_prefixes=(UPLOAD_PREFIX,),
+    )
     return app

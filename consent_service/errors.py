@@ -160,6 +160,80 @@ class WatermarkNotFound(NotFound):
     code = "watermark_not_found"
 
 
+class MediaRejected(InvalidRequest):
+    """An uploaded verification video that cannot be checked; nothing about the attempt is consumed."""
+
+    code = "media_rejected"
+
+
+class UnsupportedMedia(MediaRejected):
+    code = "media_unsupported"
+
+
+class MediaNotVideo(UnsupportedMedia):
+    code = "media_not_a_video"
+
+
+class MediaUnsupportedCodec(UnsupportedMedia):
+    code = "media_unsupported_codec"
+
+
+class MediaNoAudio(MediaRejected):
+    code = "media_no_audio"
+
+
+class MediaTruncated(MediaRejected):
+    code = "media_truncated"
+
+
+class MediaTooLong(MediaRejected):
+    code = "media_too_long"
+
+
+class MediaTooShort(MediaRejected):
+    code = "media_too_short"
+
+
+class MediaResolution(MediaRejected):
+    code = "media_resolution_unsupported"
+
+
+class NoticeNotAccepted(Conflict):
+    """Verification needs the current biometric consent notice accepted first."""
+
+    code = "biometric_notice_not_accepted"
+
+
+class ChallengeInvalid(DomainError):
+    code = "challenge_invalid"
+
+
+class ChallengeNotFound(NotFound):
+    code = "challenge_not_found"
+
+
+class ChallengeExpired(ChallengeInvalid):
+    code = "challenge_expired"
+
+
+class NonceReplayed(ChallengeInvalid):
+    code = "nonce_replayed"
+
+
+class NonceMismatch(ChallengeInvalid):
+    code = "nonce_invalid"
+
+
+class VerificationCooldown(DomainError):
+    """Too many failed attempts in the window; details carry `retry_after_seconds`."""
+
+    code = "verification_cooldown"
+
+
+class AttemptNotFound(NotFound):
+    code = "verification_attempt_not_found"
+
+
 class Unavailable(DomainError):
     code = "unavailable"
 
@@ -177,6 +251,10 @@ class GeneratorUnavailable(Unavailable):
 # One table from error class to HTTP status; the most specific class wins.
 HTTP_STATUS: dict[type[DomainError], int] = {
     BodyTooLarge: 413,
+    UnsupportedMedia: 415,
+    ChallengeInvalid: 409,
+    ChallengeExpired: 410,
+    VerificationCooldown: 429,
     InvalidRequest: 422,
     Unauthenticated: 401,
     Forbidden: 403,

@@ -7,8 +7,10 @@ from typing import Any, Protocol
 
 from consent_service.generation_runner import GenerationRunner
 from consent_service.settings import Settings
+from consent_service.verification_runner import VerificationRunner
 
 TASK_NAME = "consent.run_generation"
+VERIFY_TASK_NAME = "consent.run_verification"
 
 
 class JobQueue(Protocol):
@@ -33,6 +35,13 @@ class CeleryJobs:
         return None
 
 
+class CeleryVerifications(CeleryJobs):
+    """Sends verification attempts to Celery workers, which load the biometric models once."""
+
+    def submit(self, generation_id: str) -> None:
+        self._app.send_task(VERIFY_TASK_NAME, args=[generation_id])
+
+
 @cache
 def celery_app(broker_url: str) -> Any:
     """The Celery application; tasks are acknowledged late so a worker crash re-delivers the job."""
@@ -50,7 +59,20 @@ def celery_app(broker_url: str) -> Any:
     def run_generation(generation_id: str) -> str:
         return str(_worker_runner().run(generation_id))
 
+    @app.task(name=VERIFY_TASK_NAME)
+    def run_verification(attempt_id: str) -> str:
+        return str(_worker_verifications().run(attempt_id))
+
     return app
+
+
+@cache
+def _worker_verifications() -> VerificationRunner:
+    from consent_service.app import build_runtime, build_verification_runner
+
+    runtime = build_runtime(Settings())
+    runtime.replica.start()
+    return build_verification_runner(runtime)
 
 
 @cache

@@ -313,3 +313,81 @@ class WebhookDelivery(SQLModel, table=True):
     next_attempt_at: datetime = _ts(index=True)
     last_error: str | None = Field(default=None, max_length=512)
     created_at: datetime = _ts()
+
+
+class BiometricConsent(SQLModel, table=True):
+    """An owner's acceptance of one version of the biometric consent notice."""
+
+    __tablename__ = "biometric_consent"
+
+    owner_id: str = Field(foreign_key="principal.id", primary_key=True, max_length=32)
+    notice_version: str = Field(primary_key=True, max_length=32)
+    accepted_at: datetime = _ts()
+
+
+class VerificationChallenge(SQLModel, table=True):
+    """Digits to speak and turns to make, with a single-use nonce (only its hash is stored)."""
+
+    __tablename__ = "verification_challenge"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    owner_id: str = Field(foreign_key="principal.id", index=True, max_length=32)
+    cameo_id: str = Field(foreign_key="cameo.id", index=True, max_length=32)
+    digits: str = Field(max_length=8)
+    turns: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    nonce_sha256: str = Field(max_length=64)
+    created_at: datetime = _ts()
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    used_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+
+
+class VerificationStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    verified = "verified"
+    rejected = "rejected"
+    failed = "failed"
+
+
+class VerificationAttempt(SQLModel, table=True):
+    """One uploaded clip and what its verification job made of it (reason codes, never templates)."""
+
+    __tablename__ = "verification_attempt"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    owner_id: str = Field(foreign_key="principal.id", index=True, max_length=32)
+    cameo_id: str = Field(foreign_key="cameo.id", index=True, max_length=32)
+    challenge_id: str = Field(foreign_key="verification_challenge.id", unique=True, max_length=32)
+    status: VerificationStatus = Field(default=VerificationStatus.queued, index=True)
+    stage: str = Field(default="queued", max_length=32)
+    progress: int = 0
+    mirrored: bool = False
+    reverification: bool = False
+    reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    upload_path: str | None = Field(default=None, max_length=1024)
+    upload_bytes: int = 0
+    upload_delete_after: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    upload_deleted_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    created_at: datetime = _ts(index=True)
+    finished_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class CameoTemplate(SQLModel, table=True):
+    """A verified cameo's face and voice templates, each sealed with AES-GCM bound to the cameo id."""
+
+    __tablename__ = "cameo_template"
+
+    cameo_id: str = Field(foreign_key="cameo.id", primary_key=True, max_length=32)
+    face_model: str = Field(max_length=128)
+    face_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    voice_model: str = Field(max_length=128)
+    voice_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()

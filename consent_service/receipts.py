@@ -71,9 +71,9 @@ class ReceiptKeys:
         keys = [self.signing.public_key(), *self.previous]
         return {key_id(k): k for k in keys}
 
-    def sign(self, claims: dict[str, Any]) -> str:
-        """Sign claims as a compact JWS."""
-        header = {"alg": "EdDSA", "typ": RECEIPT_TYPE, "kid": self.kid}
+    def sign(self, claims: dict[str, Any], *, typ: str = RECEIPT_TYPE) -> str:
+        """Sign claims as a compact JWS; `typ` tells consent receipts from deletion receipts."""
+        header = {"alg": "EdDSA", "typ": typ, "kid": self.kid}
         signing_input = (
             b64url(json.dumps(header, separators=(",", ":")).encode())
             + "."

@@ -55,6 +55,18 @@ class CameoChanged(BaseModel):
     consent_revision: int
 
 
+class BiometricsDestroyed(BaseModel):
+    face_template: bool
+    voice_template: bool
+    raw_uploads: int
+
+
+class CameoDeleted(CameoChanged):
+    destroyed: BiometricsDestroyed
+    # Compact JWS (EdDSA, typ cameo-deletion-receipt+jwt), verifiable with /.well-known/jwks.json.
+    deletion_receipt: str
+
+
 class CameoSettingsUpdate(Strict):
     audience: Audience | None = None
     banned_terms: list[str] | None = Field(default=None, max_length=200)
@@ -243,3 +255,7 @@ class WebhookPublic(BaseModel):
 
 class WebhookCreated(WebhookPublic):
     secret: str = Field(description="HMAC-SHA256 signing secret; shown once, stored encrypted.")
+
+
+class NoticeAcceptance(Strict):
+    version: str = Field(max_length=32)

@@ -69,10 +69,41 @@ class Settings(BaseSettings):
     # A disabled or revoked API key keeps working for at most this long.
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=60)
 
+    # Cameo verification. Face and voice templates are sealed with AES-GCM under this 32-byte
+    # key (generated under data_dir outside production); previous keys still open old ones.
+    biometric_key_path: Path | None = None
+    biometric_previous_key_paths: list[Path] = Field(default_factory=list)
+    # dlib and resemblyzer ship their weights; insightface packs and ECAPA checkpoints are
+    # production models loaded from these directories.
+    verification_face_backend: Literal["dlib", "insightface"] = "dlib"
+    verification_face_model_dir: Path | None = None
+    verification_voice_backend: Literal["resemblyzer", "ecapa"] = "resemblyzer"
+    verification_voice_model_dir: Path | None = None
+    # Similarity thresholds; unset uses the model's own operating point.
+    verification_face_threshold: float | None = Field(default=None, ge=-1, le=1)
+    verification_voice_threshold: float | None = Field(default=None, ge=-1, le=1)
+    verification_yaw_threshold: float = Field(default=0.1, gt=0, le=1)
+    verification_sample_fps: float = Field(default=5.0, gt=0, le=30)
+    verification_frame_side: int = Field(default=480, ge=160, le=1920)
+    verification_challenge_ttl_seconds: int = Field(default=300, ge=30, le=300)
+    verification_max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    verification_max_seconds: float = Field(default=30.0, gt=0, le=120)
+    verification_min_seconds: float = Field(default=2.0, ge=0)
+    verification_max_side: int = Field(default=1920, ge=160)
+    verification_min_side: int = Field(default=240, ge=16)
+    # 5 failed attempts within 3 minutes start a cooldown.
+    verification_max_failures: int = Field(default=5, ge=1)
+    verification_failure_window_seconds: int = Field(default=180, ge=1)
+    verification_cooldown_seconds: int = Field(default=600, ge=1)
+    # Raw uploads are deleted when their verification ends (0); otherwise kept this long.
+    verification_retain_uploads_seconds: int = Field(default=0, ge=0, le=30 * 24 * 3600)
+
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:
         missing = [
-            n for n in ("receipt_key_path", "log_key_path", "secrets_key_path") if getattr(self, n) is None
+            n
+            for n in ("receipt_key_path", "log_key_path", "secrets_key_path", "biometric_key_path")
+            if getattr(self, n) is None
         ]
         if self.environment == "production" and missing:
             raise ValueError(f"set {', '.join('CONSENT_' + n.upper() for n in missing)} in production")
@@ -88,6 +119,15 @@ class Settings(BaseSettings):
     @property
     def resolved_secrets_key_path(self) -> Path:
         return self.secrets_key_path or self.data_dir / "secrets.key"
+
+    @property
+    def resolved_biometric_key_path(self) -> Path:
+        return self.biometric_key_path or self.data_dir / "biometric.key"
+
+    @property
+    def verification_dir(self) -> Path:
+        """Raw verification uploads, deleted when verification ends unless retention says otherwise."""
+        return self.data_dir / "verification"
 
     @property
     def outputs_dir(self) -> Path:

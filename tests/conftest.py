@@ -22,6 +22,10 @@ from consent_service.settings import Settings
 
 PG_URL = os.environ.get("CONSENT_TEST_DATABASE_URL", "")
 TABLES = [
+    "verification_attempt",
+    "verification_challenge",
+    "cameo_template",
+    "biometric_consent",
     "webhook_delivery",
     "webhook_subscription",
     "generation_cameo",

@@ -37,9 +37,11 @@ class Runtime:
     audit: AuditWriter
     log: TransparencyLog
     box: SecretBox
+    biometric_box: SecretBox
     webhooks: WebhookDispatcher
     anchors_pem: bytes = b""  # C2PA trust anchors
     jobs: Any = None  # JobQueue, set at start-up
+    verifications: Any = None  # JobQueue for verification attempts, set at start-up
 
 
 # Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` one on

@@ -25,7 +25,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def domain(_: Request, exc: DomainError) -> JSONResponse:
-        return error_response(http_status_for(exc), exc.code, exc.message, exc.details)
+        response = error_response(http_status_for(exc), exc.code, exc.message, exc.details)
+        if "retry_after_seconds" in exc.details:
+            response.headers["Retry-After"] = str(int(exc.details["retry_after_seconds"]))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:

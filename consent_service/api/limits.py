@@ -13,14 +13,23 @@ class BodyLimit:
     app never has to cope with a stream cut off halfway.
     """
 
-    def __init__(self, app: Any, *, max_bytes: int, streamed: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        max_bytes: int,
+        streamed: tuple[str, ...] = (),
+        streamed_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         # Upload routes read their own bodies as streams, with their own cap.
         self.streamed = streamed
+        self.streamed_prefixes = streamed_prefixes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path", "") in self.streamed:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.streamed or path.startswith(self.streamed_prefixes):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")

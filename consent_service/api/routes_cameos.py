@@ -12,6 +12,7 @@ from consent_service.models import PrincipalRef
 from consent_service.schemas import (
     BlockCreate,
     CameoChanged,
+    CameoDeleted,
     CameoPublic,
     CameoSettingsUpdate,
     FollowsPublic,
@@ -21,7 +22,7 @@ from consent_service.schemas import (
     Moderation,
     Revision,
 )
-from consent_service.services import cameos, grants
+from consent_service.services import cameos, grants, verification
 
 router = APIRouter(prefix="/v1", tags=["cameos"])
 
@@ -62,13 +63,30 @@ def update_cameo(
     return cameo_changed(change)
 
 
-@router.delete("/cameos/{handle}", response_model=CameoChanged)
-def delete_cameo(handle: str, session: SessionDep, runtime: RuntimeDep, caller: Writer) -> CameoChanged:
-    """Delete your cameo; every later check denies and its grants are dropped."""
+@router.delete("/cameos/{handle}", response_model=CameoDeleted)
+def delete_cameo(handle: str, session: SessionDep, runtime: RuntimeDep, caller: Writer) -> CameoDeleted:
+    """Delete your cameo: checks deny, grants drop, templates are destroyed; returns a signed receipt."""
     change = cameos.delete_cameo(
         session, runtime.replica, actor=caller, handle=handle, adult_age=runtime.settings.adult_age_years
     )
-    return cameo_changed(change)
+    assert change.destroyed is not None
+    receipt = verification.deletion_receipt(
+        runtime.keys,
+        cameo_id=change.cameo.id,
+        owner_id=change.owner.id,
+        destroyed=change.destroyed,
+        issuer=runtime.settings.receipt_issuer,
+        revision=change.revision,
+    )
+    return CameoDeleted(
+        **cameo_changed(change).model_dump(),
+        destroyed={
+            "face_template": change.destroyed.templates,
+            "voice_template": change.destroyed.templates,
+            "raw_uploads": len(change.destroyed.uploads),
+        },
+        deletion_receipt=receipt,
+    )
 
 
 @router.post("/cameos/{handle}/moderation", response_model=CameoChanged)

@@ -29,6 +29,7 @@ from consent_service.models import (
 from consent_service.replica import ConsentReplica, cameo_op
 from consent_service.services.changes import Event, commit_change
 from consent_service.services.principals import get_by_handle, is_guardian_of
+from consent_service.services.verification import Destroyed, destroy_biometrics, remove_files
 from policy.likeness import is_minor
 
 MAX_BANNED_TERMS = 200
@@ -40,6 +41,7 @@ class CameoChange:
     cameo: Cameo
     owner: PrincipalLike
     revision: int
+    destroyed: Destroyed | None = None
 
 
 def owner_minor(owner: Principal, *, adult_age: int) -> bool:
@@ -206,10 +208,16 @@ def set_state(
 def delete_cameo(
     session: Session, replica: ConsentReplica, *, actor: PrincipalLike, handle: str, adult_age: int
 ) -> CameoChange:
-    """Delete a cameo: every check is denied from the next revision on, and its grants are dropped."""
-    owner, _ = load_cameo(session, handle=handle)
+    """Delete a cameo: every check is denied from the next revision on, its grants are dropped,
+    and its face and voice templates and any kept uploads are destroyed in the same transaction."""
+    owner, cameo = load_cameo(session, handle=handle)
     authorize_change(session, actor=actor, owner=owner, tightening=True, adult_age=adult_age)
-    return set_state(session, replica, actor_id=actor.id, handle=handle, state=CameoState.deleted)
+    if cameo.state is CameoState.deleted:
+        raise CameoNotFound(f"@{owner.handle} has no cameo")
+    destroyed = destroy_biometrics(session, cameo_id=cameo.id, actor_id=actor.id, owner_id=owner.id)
+    change = set_state(session, replica, actor_id=actor.id, handle=handle, state=CameoState.deleted)
+    remove_files(destroyed.uploads)
+    return CameoChange(change.cameo, change.owner, change.revision, destroyed)
 
 
 @writes
