@@ -36,6 +36,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/consent_check.py
+	$(BIN)/python bench/verification.py
 
 clean:
 	rm -rf $(VENV) var

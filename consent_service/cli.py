@@ -1,4 +1,4 @@
-"""Operator commands: migrate, bootstrap the first admin, issue keys, mark a cameo verified."""
+"""Operator commands: migrate, bootstrap the first admin, issue keys, moderate cameos, reseal templates."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from sqlmodel import Session, select
 from consent_service.db import make_engine, migrate
 from consent_service.errors import DomainError
 from consent_service.models import CameoState, Principal, PrincipalKind
-from consent_service.services import cameos, principals
+from consent_service.secretbox import SecretBox
+from consent_service.secretbox import load_or_create_key as load_secret_key
+from consent_service.services import cameos, principals, verification
 from consent_service.settings import Settings
 
 
@@ -36,9 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--display-name", default="")
     key = sub.add_parser("issue-key", help="issue another API key for a principal")
     key.add_argument("handle")
-    state = sub.add_parser("set-cameo-state", help="admin: set a cameo's state (verified, suspended, ...)")
+    state = sub.add_parser("set-cameo-state", help="admin: suspend a cameo or return it to unverified")
     state.add_argument("handle")
-    state.add_argument("state", choices=[s.value for s in CameoState])
+    # `verified` is reached only through the verification flow (POST .../verification/challenges).
+    state.add_argument("state", choices=[s.value for s in CameoState if s is not CameoState.verified])
+    sub.add_parser(
+        "reseal-templates", help="re-encrypt every face and voice template under the current biometric key"
+    )
     return parser
 
 
@@ -81,6 +87,10 @@ def _run(args: argparse.Namespace, session: Session, engine: object) -> int:
         )
     elif args.command == "issue-key":
         issued = principals.issue_key(session, handle=args.handle, issued_by=None)
+    elif args.command == "reseal-templates":
+        count = verification.reseal_templates(session, box=_biometric_box(Settings()))
+        print(f"resealed {count} cameo templates under the current biometric key")
+        return 0
     else:
         change = cameos.set_state(
             session,
@@ -93,6 +103,14 @@ def _run(args: argparse.Namespace, session: Session, engine: object) -> int:
         return 0
     print(f"{issued.principal.kind} @{issued.principal.handle}\napi key (shown once): {issued.token}")
     return 0
+
+
+def _biometric_box(settings: Settings) -> SecretBox:
+    """The current biometric key plus the previous ones, which must still open what they sealed."""
+    return SecretBox(
+        current=load_secret_key(settings.resolved_biometric_key_path, create=False),
+        previous=tuple(load_secret_key(p, create=False) for p in settings.biometric_previous_key_paths),
+    )
 
 
 if __name__ == "__main__":

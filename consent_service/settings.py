@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     # Similarity thresholds; unset uses the model's own operating point.
     verification_face_threshold: float | None = Field(default=None, ge=-1, le=1)
     verification_voice_threshold: float | None = Field(default=None, ge=-1, le=1)
-    verification_yaw_threshold: float = Field(default=0.1, gt=0, le=1)
+    verification_yaw_threshold: float = Field(default=0.08, gt=0, le=1)
     verification_sample_fps: float = Field(default=5.0, gt=0, le=30)
     verification_frame_side: int = Field(default=480, ge=160, le=1920)
     verification_challenge_ttl_seconds: int = Field(default=300, ge=30, le=300)

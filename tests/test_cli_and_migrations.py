@@ -1,5 +1,6 @@
 """The operator CLI and the Alembic migrations."""
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
@@ -26,6 +27,9 @@ def test_cli_bootstrap_create_and_verify(tmp_path, monkeypatch, capsys):
     assert cli.main(["create", "platform", "acme"]) == 0
     assert cli.main(["create", "user", "alice", "--birth-date", "1990-01-01"]) == 0
     assert cli.main(["issue-key", "acme"]) == 0
-    assert cli.main(["set-cameo-state", "alice", "verified"]) == 2  # alice has no cameo yet
+    with pytest.raises(SystemExit):  # only the verification flow verifies a cameo
+        cli.main(["set-cameo-state", "alice", "verified"])
+    capsys.readouterr()
+    assert cli.main(["set-cameo-state", "alice", "suspended"]) == 2  # alice has no cameo yet
     assert "cameo_not_found" in capsys.readouterr().err
     assert cli.main(["create", "user", "alice", "--birth-date", "1990-01-01"]) == 2

@@ -169,7 +169,9 @@ def test_ecapa_checkpoint_loads_through_from_hparams(tmp_path: Path) -> None:
     from consent_service.verification.loaders import voice_embedder
 
     model_dir = build_tiny_ecapa(tmp_path / "ecapa")
-    settings = Settings(data_dir=tmp_path, verification_voice_backend="ecapa", verification_voice_model_dir=model_dir)
+    settings = Settings(
+        data_dir=tmp_path, verification_voice_backend="ecapa", verification_voice_model_dir=model_dir
+    )
     embedder = voice_embedder(settings)
     t = np.arange(16000 * 2) / 16000
     wav = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)

@@ -31,7 +31,9 @@ def mapi(api: Any) -> Any:
     return api
 
 
-def _video_only(path: Path, *, width: int = 320, height: int = 240, codec: str = "libx264", seconds: int = 3) -> Path:
+def _video_only(
+    path: Path, *, width: int = 320, height: int = 240, codec: str = "libx264", seconds: int = 3
+) -> Path:
     import av
 
     with av.open(str(path), "w", format="mp4") as out:
@@ -136,7 +138,7 @@ def test_turn_sequence_needs_held_turns_in_order() -> None:
     ratios = frontal + left + frontal + right + frontal
     assert liveness.turn_sequence(ratios, threshold=0.1, min_frames=2, mirrored=False) == ["left", "right"]
     assert liveness.turn_sequence(ratios, threshold=0.1, min_frames=2, mirrored=True) == ["right", "left"]
-    blip = frontal + [0.25] + frontal
+    blip = [*frontal, 0.25, *frontal]
     assert liveness.turn_sequence(blip, threshold=0.1, min_frames=2, mirrored=False) == []
     assert liveness.turn_sequence([0.0] * 20, threshold=0.1, min_frames=2, mirrored=False) == []
 
@@ -144,7 +146,7 @@ def test_turn_sequence_needs_held_turns_in_order() -> None:
 def test_tracking_counts_cuts_and_extra_faces() -> None:
     steady = [[_face(0, x=100 + i)] for i in range(5)]
     assert liveness.follow_main_face(steady).breaks == 0
-    cut = steady + [[_face(0, x=400)]]
+    cut = [*steady, [_face(0, x=400)]]
     assert liveness.follow_main_face(cut).breaks == 1
     crowd = [[_face(0), _face(0, x=300)] for _ in range(3)]
     assert liveness.follow_main_face(crowd).multi_face_frames == 3

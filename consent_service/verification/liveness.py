@@ -105,6 +105,20 @@ def frontal_baseline(ratios: np.ndarray, *, width: float) -> float:
     return float(np.median(ratios[counts[densest]]))
 
 
+def frontal_frames(ratios: np.ndarray, *, width: float, window: int = 12) -> list[int]:
+    """Frames facing the camera, judged against the frontal pose of the frames around each one.
+
+    A rolling baseline follows whoever is in frame, so after a face swap the newcomer's frontal
+    frames still count as frontal and get compared with the first person's.
+    """
+    picked = []
+    for i in range(len(ratios)):
+        lo, hi = max(0, i - window), min(len(ratios), i + window + 1)
+        if abs(ratios[i] - frontal_baseline(ratios[lo:hi], width=width)) < width:
+            picked.append(i)
+    return picked
+
+
 def voiced_mask(wav: np.ndarray, *, sample_rate: int, aggressiveness: int = 2) -> np.ndarray:
     """One flag per 30 ms frame: does WebRTC's voice activity detector hear speech?"""
     import webrtcvad

@@ -37,7 +37,7 @@ class Thresholds:
     frame_side: int = 480
     min_face_fraction: float = 0.7
     max_multi_face_fraction: float = 0.1
-    yaw: float = 0.1
+    yaw: float = 0.08
     yaw_min_frames: int = 2
     embed_frames: int = 8
     min_speech_seconds: float = 0.8
@@ -169,13 +169,10 @@ class Verifier:
 
         # Identity is judged on frames facing the camera: a turned face embeds less reliably,
         # and a swap shows as two frontal faces that do not match.
-        baseline = liveness.frontal_baseline(ratios, width=self.t.yaw / 2)
-        frontal = [k for k, d in enumerate(np.abs(ratios - baseline)) if d < self.t.yaw / 2]
+        frontal = liveness.frontal_frames(liveness.smooth(ratios), width=self.t.yaw / 2)
         pool = frontal if len(frontal) >= 2 else list(range(len(seen)))
         t0 = time.perf_counter()
-        picks = [
-            pool[int(round(x))] for x in np.linspace(0, len(pool) - 1, min(self.t.embed_frames, len(pool)))
-        ]
+        picks = [pool[round(x)] for x in np.linspace(0, len(pool) - 1, min(self.t.embed_frames, len(pool)))]
         embeddings = [self.face.embed(frames[seen[k][0]], seen[k][1]) for k in dict.fromkeys(picks)]
         out.stages["face_embed"] = time.perf_counter() - t0
         worst = min(
