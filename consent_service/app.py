@@ -38,7 +38,7 @@ from consent_service.settings import Settings
 from consent_service.verification_runner import VerificationRunner, pending
 from consent_service.webhook_dispatcher import WebhookDispatcher
 from generator_adapter.interface import NoEnrolledTemplates
-from generator_adapter.signing import C2paSigner, SigningIdentity
+from generator_adapter.signing import C2paSigner, SigningIdentity, load_callback
 from policy.likeness import LikenessPolicy
 from policy.routes import RoutePolicy
 
@@ -143,6 +143,16 @@ def build_verifications(runtime: Runtime) -> JobQueue:
 def signing_identity(settings: Settings) -> SigningIdentity:
     """Configured certificate chain and key, or (outside production) a local CA made on first use."""
     paths = (settings.c2pa_chain_path, settings.c2pa_key_path, settings.c2pa_anchors_path)
+    if settings.c2pa_sign_callback:
+        if settings.c2pa_chain_path is None or settings.c2pa_anchors_path is None:
+            raise ValueError(
+                "a C2PA sign callback needs CONSENT_C2PA_CHAIN_PATH and CONSENT_C2PA_ANCHORS_PATH"
+            )
+        return SigningIdentity.remote(
+            chain=settings.c2pa_chain_path,
+            anchors=settings.c2pa_anchors_path,
+            sign=load_callback(settings.c2pa_sign_callback),
+        )
     if all(paths):
         return SigningIdentity.from_files(chain=paths[0], key=paths[1], anchors=paths[2])  # type: ignore[arg-type]
     if settings.environment == "production":

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     c2pa_chain_path: Path | None = None
     c2pa_key_path: Path | None = None
     c2pa_anchors_path: Path | None = None
+    # A KMS or HSM instead of a key file: "package.module:function" signing bytes with the
+    # leaf's key (used with c2pa_chain_path and c2pa_anchors_path; c2pa_key_path stays unset).
+    c2pa_sign_callback: str | None = None
     c2pa_tsa_url: str | None = None
     c2pa_tsa_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     max_video_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)

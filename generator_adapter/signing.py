@@ -8,11 +8,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 CONSENT_LABEL = "org.cameo-consent.consent"
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
@@ -25,12 +28,23 @@ class ProvenanceError(Exception):
 
 @dataclass(frozen=True)
 class SigningIdentity:
-    """A certificate chain (leaf first), its private key, and the trust anchors verifiers should use."""
+    """A certificate chain (leaf first), its private key or a remote signer, and the trust anchors.
+
+    With `sign_callback` the private key never enters this process: the callback (a KMS or HSM
+    client) gets the bytes to sign and returns the signature, DER or raw, for the chain's leaf.
+    """
 
     chain_pem: bytes
     key_pem: bytes
     anchors_pem: bytes
     alg: str = "es256"
+    sign_callback: Callable[[bytes], bytes] | None = None
+
+    @classmethod
+    def remote(
+        cls, *, chain: Path, anchors: Path, sign: Callable[[bytes], bytes], alg: str = "es256"
+    ) -> SigningIdentity:
+        return cls(chain.read_bytes(), b"", anchors.read_bytes(), alg, sign)
 
     @classmethod
     def from_files(cls, *, chain: Path, key: Path, anchors: Path, alg: str = "es256") -> SigningIdentity:
@@ -186,12 +200,23 @@ class C2paSigner:
         self.identity = identity
         self._claim_generator = claim_generator
         self._tsa_timeout = tsa_timeout
-        info = c2pa.C2paSignerInfo(
-            identity.alg.encode(), identity.chain_pem, identity.key_pem, tsa_url.encode() if tsa_url else None
-        )
         try:
-            self._signer = c2pa.Signer.from_info(info)
-        except c2pa.C2paError as exc:
+            if identity.sign_callback is not None:
+                self._signer = c2pa.Signer.from_callback(
+                    _guarded(identity.sign_callback),
+                    getattr(c2pa.C2paSigningAlg, identity.alg.upper()),
+                    identity.chain_pem.decode(),
+                    tsa_url,
+                )
+            else:
+                info = c2pa.C2paSignerInfo(
+                    identity.alg.encode(),
+                    identity.chain_pem,
+                    identity.key_pem,
+                    tsa_url.encode() if tsa_url else None,
+                )
+                self._signer = c2pa.Signer.from_info(info)
+        except (c2pa.C2paError, AttributeError) as exc:
             raise ProvenanceError(f"signing identity refused: {exc}") from exc
         self._lock = threading.Lock()  # one c2pa Signer is reused; calls into it are serialised
 
@@ -216,6 +241,32 @@ class C2paSigner:
             raise ProvenanceError("signing timed out (time-stamp authority did not answer)")
         if errors:
             raise ProvenanceError(f"signing failed: {errors[0]}") from errors[0]
+
+
+def _guarded(sign: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """A remote signer that fails returns no signature, so c2pa fails the signing, never the process."""
+
+    def call(data: bytes) -> bytes:
+        try:
+            return bytes(sign(data))
+        except Exception:
+            log.exception("remote signer failed")
+            return b""
+
+    return call
+
+
+def load_callback(spec: str) -> Callable[[bytes], bytes]:
+    """`package.module:function`, a callable that signs bytes with a key held in a KMS or HSM."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"sign callback {spec!r} must look like package.module:function")
+    fn = getattr(importlib.import_module(module), name)
+    if not callable(fn):
+        raise ValueError(f"{spec} is not callable")
+    return fn
 
 
 @dataclass(frozen=True)

@@ -129,3 +129,37 @@ def test_provenance_manifest_declares_watermark_when_present():
     assert "c2pa.soft-binding" in labels
     actions = manifest["assertions"][0]["data"]["actions"]
     assert [a["action"] for a in actions] == ["c2pa.created", "c2pa.watermarked"]
+
+
+def test_provenance_remote_signer_keeps_the_key_out_of_the_service(tmp_path, settings):
+    from consent_service.app import signing_identity
+    from generator_adapter.signing import ProvenanceError, verify_video
+    from tests import remote_signer
+
+    local = SigningIdentity.local(tmp_path / "ca")
+    remote_signer.provision(local.key_pem)
+    configured = settings.model_copy(
+        update={
+            "c2pa_sign_callback": "tests.remote_signer:sign",
+            "c2pa_chain_path": tmp_path / "ca" / "chain.pem",
+            "c2pa_anchors_path": tmp_path / "ca" / "root.pem",
+        }
+    )
+    identity = signing_identity(configured)
+    assert identity.key_pem == b"" and identity.sign_callback is not None
+    signer = C2paSigner(identity, claim_generator="cameo-consent/0.1.0")
+    frames = np.zeros((4, 64, 64, 3), dtype=np.uint8)
+    src, dest = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    encode_mp4(frames, src, fps=8)
+    manifest = {"generation_id": "g1", "model_id": "tiny", "consent": {"cameo_ids": ["c1"]}}
+    signer.sign(src, dest, manifest=manifest)
+    assert remote_signer.calls() == 1
+    report = verify_video(dest, anchors_pem=local.anchors_pem)
+    assert report.state == "Trusted" and report.consent == {"cameo_ids": ["c1"]}
+
+    remote_signer.fail(True)
+    with pytest.raises(ProvenanceError):
+        signer.sign(src, tmp_path / "never.mp4", manifest=manifest)
+    remote_signer.fail(False)
+    with pytest.raises(ValueError, match="CHAIN_PATH"):
+        signing_identity(configured.model_copy(update={"c2pa_chain_path": None}))

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from consent_service.api.deps import RuntimeDep, SessionDep, require
-from consent_service.api.views import cameo_changed, cameo_public, grant_public
+from consent_service.api.views import cameo_changed, cameo_deleted, cameo_public, grant_public
 from consent_service.models import PrincipalRef
 from consent_service.schemas import (
     BlockCreate,
@@ -22,7 +22,7 @@ from consent_service.schemas import (
     Moderation,
     Revision,
 )
-from consent_service.services import cameos, grants, verification
+from consent_service.services import cameos, grants
 
 router = APIRouter(prefix="/v1", tags=["cameos"])
 
@@ -69,24 +69,7 @@ def delete_cameo(handle: str, session: SessionDep, runtime: RuntimeDep, caller: 
     change = cameos.delete_cameo(
         session, runtime.replica, actor=caller, handle=handle, adult_age=runtime.settings.adult_age_years
     )
-    assert change.destroyed is not None
-    receipt = verification.deletion_receipt(
-        runtime.keys,
-        cameo_id=change.cameo.id,
-        owner_id=change.owner.id,
-        destroyed=change.destroyed,
-        issuer=runtime.settings.receipt_issuer,
-        revision=change.revision,
-    )
-    return CameoDeleted(
-        **cameo_changed(change).model_dump(),
-        destroyed={
-            "face_template": change.destroyed.templates,
-            "voice_template": change.destroyed.templates,
-            "raw_uploads": len(change.destroyed.uploads),
-        },
-        deletion_receipt=receipt,
-    )
+    return cameo_deleted(change, keys=runtime.keys, issuer=runtime.settings.receipt_issuer)
 
 
 @router.post("/cameos/{handle}/moderation", response_model=CameoChanged)

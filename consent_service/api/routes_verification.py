@@ -8,10 +8,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from sqlmodel import Session
 
-from consent_service.api.deps import RuntimeDep, SessionDep, require
+from consent_service.api.deps import Runtime, RuntimeDep, SessionDep, require
 from consent_service.errors import VideoTooLarge
-from consent_service.models import PrincipalRef, VerificationAttempt
+from consent_service.models import PrincipalRef, VerificationAttempt, VerificationChallenge
 from consent_service.schemas import NoticeAcceptance
 from consent_service.services import verification
 from consent_service.verification.media import MediaLimits, probe
@@ -93,15 +94,29 @@ async def upload(
 ) -> dict[str, Any]:
     """Upload the selfie video as the raw body. It is checked before the nonce is spent,
     then verified in the background."""
-    settings = runtime.settings
     challenge = await run_in_threadpool(
         verification.check_challenge,
         session,
         actor=caller,
         challenge_id=challenge_id,
         nonce=nonce,
-        settings=settings,
+        settings=runtime.settings,
     )
+    attempt = await _receive(request, session, runtime, caller, challenge, mirrored=mirrored)
+    return attempt_view(attempt)
+
+
+async def _receive(
+    request: Request,
+    session: Session,
+    runtime: Runtime,
+    caller: PrincipalRef,
+    challenge: VerificationChallenge,
+    *,
+    mirrored: bool,
+) -> VerificationAttempt:
+    """Spool the body to disk under the cap, probe it, then spend the nonce and queue the job."""
+    settings = runtime.settings
     cap = settings.verification_max_upload_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap:
@@ -137,7 +152,7 @@ async def upload(
     finally:
         path.unlink(missing_ok=True)  # moved away on success; otherwise nothing is kept
     runtime.verifications.submit(attempt.id)
-    return attempt_view(attempt)
+    return attempt
 
 
 @router.get("/verification/attempts/{attempt_id}")

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from consent_service.models import Cameo, Principal, PrincipalLike, PrincipalRef
-from consent_service.schemas import CameoChanged, CameoPublic, GrantPublic, PrincipalPublic
+from consent_service.receipts import ReceiptKeys
+from consent_service.schemas import (
+    BiometricsDestroyed,
+    CameoChanged,
+    CameoDeleted,
+    CameoPublic,
+    GrantPublic,
+    PrincipalPublic,
+)
+from consent_service.services import verification
 from consent_service.services.cameos import CameoChange
 from consent_service.services.grants import GrantView
 
@@ -26,6 +35,28 @@ def cameo_public(owner: PrincipalLike, cameo: Cameo) -> CameoPublic:
 
 def cameo_changed(change: CameoChange) -> CameoChanged:
     return CameoChanged(cameo=cameo_public(change.owner, change.cameo), consent_revision=change.revision)
+
+
+def cameo_deleted(change: CameoChange, *, keys: ReceiptKeys, issuer: str) -> CameoDeleted:
+    """The deleted cameo, what was destroyed, and a signed deletion receipt saying so."""
+    assert change.destroyed is not None
+    receipt = verification.deletion_receipt(
+        keys,
+        cameo_id=change.cameo.id,
+        owner_id=change.owner.id,
+        destroyed=change.destroyed,
+        issuer=issuer,
+        revision=change.revision,
+    )
+    templates = change.destroyed.templates
+    return CameoDeleted(
+        cameo=cameo_public(change.owner, change.cameo),
+        consent_revision=change.revision,
+        destroyed=BiometricsDestroyed(
+            face_template=templates, voice_template=templates, raw_uploads=len(change.destroyed.uploads)
+        ),
+        deletion_receipt=receipt,
+    )
 
 
 def grant_public(g: GrantView) -> GrantPublic:

@@ -68,7 +68,9 @@ def smooth(values: np.ndarray, width: int = 3) -> np.ndarray:
     return np.array([np.median(padded[i : i + width]) for i in range(len(values))])
 
 
-def turn_sequence(ratios: Sequence[float], *, threshold: float, min_frames: int, mirrored: bool) -> list[str]:
+def turn_sequence(
+    ratios: Sequence[float] | np.ndarray, *, threshold: float, min_frames: int, mirrored: bool
+) -> list[str]:
     """The ordered head turns ("left"/"right", the person's own side) held for `min_frames` frames.
 
     The baseline is the facing-the-camera ratio, which cancels each face's own asymmetry.
