@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from datetime import date
@@ -23,6 +21,7 @@ from consent_service.db import write_transaction
 from consent_service.models import Cameo, Generation, GenerationCameo, GenerationStatus, Principal, utcnow
 from consent_service.replica import ConsentReplica
 from consent_service.services.changes import Event, write_event
+from consent_service.worker_thread import ThreadWorker
 from generator_adapter.interface import (
     GenerationCancelled,
     GenerationRequest,
@@ -35,8 +34,10 @@ from generator_adapter.watermark import ALG
 log = logging.getLogger(__name__)
 
 
-class GenerationRunner:
+class GenerationRunner(ThreadWorker):
     """Executes one generation end to end; never serves or keeps an unconsented or unsigned output."""
+
+    thread_name = "generation-worker"
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class GenerationRunner:
         status_url: str = "/v1/provenance/status/{generation_id}",
         visible_label: bool = True,
     ) -> None:
+        super().__init__()
         self.engine = engine
         self.replica = replica
         self._generator_factory = generator
@@ -59,29 +61,6 @@ class GenerationRunner:
         self.signer = signer
         self._status_url = status_url
         self.visible_label = visible_label
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-
-    # -- in-process worker ---------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="generation-worker", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def submit(self, generation_id: str) -> None:
-        self._queue.put(generation_id)
-
-    def _loop(self) -> None:
-        while (job := self._queue.get()) is not None:
-            try:
-                self.run(job)
-            except Exception:
-                log.exception("generation %s crashed", job)
 
     # -- one job ---------------------------------------------------------------
     def _set(

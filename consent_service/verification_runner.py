@@ -8,7 +8,6 @@ when the job ends unless the retention setting keeps it.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -38,11 +37,15 @@ from consent_service.services.cameos import set_state
 from consent_service.services.changes import Event, write_event
 from consent_service.settings import Settings
 from consent_service.verification.pipeline import Challenge, Enrolled, Outcome, Verifier
+from consent_service.worker_thread import ThreadWorker
 
 log = logging.getLogger(__name__)
 
 
-class VerificationRunner:
+class VerificationRunner(ThreadWorker):
+    thread_name = "verification-worker"
+    stop_timeout = 60.0
+
     def __init__(
         self,
         *,
@@ -52,6 +55,7 @@ class VerificationRunner:
         settings: Settings,
         verifier: Callable[[], Verifier],
     ) -> None:
+        super().__init__()
         self.engine = engine
         self.replica = replica
         self.box = box
@@ -59,8 +63,6 @@ class VerificationRunner:
         self._verifier_factory = verifier
         self._verifier: Verifier | None = None
         self._verifier_lock = threading.Lock()
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
 
     def verifier(self) -> Verifier:
         """Models load on the first job, not at start-up: the API serves while they load."""
@@ -68,27 +70,6 @@ class VerificationRunner:
             if self._verifier is None:
                 self._verifier = self._verifier_factory()
             return self._verifier
-
-    # -- in-process worker ---------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="verification-worker", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=60)
-            self._thread = None
-
-    def submit(self, attempt_id: str) -> None:
-        self._queue.put(attempt_id)
-
-    def _loop(self) -> None:
-        while (job := self._queue.get()) is not None:
-            try:
-                self.run(job)
-            except Exception:
-                log.exception("verification %s crashed", job)
 
     # -- one job ---------------------------------------------------------------
     def _claim(self, attempt_id: str) -> bool:
@@ -237,8 +218,24 @@ class VerificationRunner:
         )
 
 
-def pending(engine: Engine) -> list[str]:
-    """Attempts still queued, oldest first: resubmitted when a process starts."""
+def pending(engine: Engine, *, stale_after: timedelta = timedelta(minutes=10)) -> list[str]:
+    """Attempts still queued, oldest first, to resubmit when a process starts.
+
+    A job takes seconds, so one still `running` long after its upload died with its process: it
+    ends `failed` (reason `interrupted`) rather than hang, and the owner asks for a new challenge.
+    """
+    with Session(engine) as session, write_transaction(session):
+        session.execute(
+            update(VerificationAttempt)
+            .where(
+                col(VerificationAttempt.status) == VerificationStatus.running,
+                col(VerificationAttempt.created_at) < utcnow() - stale_after,
+            )
+            .values(
+                status=VerificationStatus.failed, reasons=["interrupted"], stage="done", finished_at=utcnow()
+            )
+        )
+        session.commit()
     with Session(engine) as session:
         return list(
             session.exec(

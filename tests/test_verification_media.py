@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from consent_service.models import VerificationChallenge
 from consent_service.verification import liveness
 from consent_service.verification.interfaces import DetectedFace
 from tests.verification_kit import accept_notice, challenge, clip_for, needs_models, upload
@@ -158,3 +159,31 @@ def test_silence_is_not_speech() -> None:
     assert not liveness.voiced_mask(quiet, sample_rate=16000).any()
     noise = (np.random.default_rng(1).standard_normal(16000) * 1e-4).astype(np.float32)
     assert liveness.voiced_mask(noise, sample_rate=16000).sum() == 0
+
+
+def test_an_attempt_left_running_by_a_dead_process_ends_failed(mapi: Any) -> None:
+    from datetime import timedelta
+
+    from sqlmodel import Session
+
+    from consent_service.models import VerificationAttempt, VerificationStatus, utcnow
+    from consent_service.verification_runner import pending
+
+    ch = challenge(mapi, "alice")
+    engine = mapi.client.app.state.runtime.engine
+    with Session(engine) as s:
+        cameo_id = s.get(VerificationChallenge, ch["id"]).cameo_id  # type: ignore[union-attr]
+        owner = s.get(VerificationChallenge, ch["id"]).owner_id  # type: ignore[union-attr]
+        old = VerificationAttempt(
+            owner_id=owner,
+            cameo_id=cameo_id,
+            challenge_id=ch["id"],
+            status=VerificationStatus.running,
+            created_at=utcnow() - timedelta(hours=1),
+        )
+        s.add(old)
+        s.commit()
+        attempt_id = old.id
+    assert pending(engine) == []
+    body = mapi.call("GET", f"/v1/verification/attempts/{attempt_id}", "alice").json()
+    assert (body["status"], body["reasons"]) == ("failed", ["interrupted"])

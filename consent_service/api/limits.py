@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
+
+from starlette.requests import Request
+
+from consent_service.errors import VideoTooLarge
 
 
 class BodyLimit:
@@ -75,3 +83,32 @@ class BodyLimit:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+@asynccontextmanager
+async def spooled_upload(request: Request, *, cap: int, directory: Path | None = None) -> AsyncIterator[Path]:
+    """The request body spooled to a file under a byte cap, never held in memory whole.
+
+    The file is removed on exit unless the caller has moved it away.
+    """
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise VideoTooLarge(f"uploads are limited to {cap} bytes")
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".upload", delete=False) as tmp:
+        path = Path(tmp.name)
+        try:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    raise VideoTooLarge(f"uploads are limited to {cap} bytes")
+                tmp.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)

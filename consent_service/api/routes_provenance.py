@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
 from consent_service.api.deps import RuntimeDep, SessionDep
-from consent_service.errors import VideoTooLarge
+from consent_service.api.limits import spooled_upload
 from consent_service.services import provenance
 
 router = APIRouter(prefix="/v1/provenance", tags=["provenance"])
@@ -32,19 +31,9 @@ def anchors(runtime: RuntimeDep) -> PlainTextResponse:
 
 
 async def _spooled(request: Request, cap: int, work: Callable[[Path], Any]) -> Any:
-    """Spool an upload to disk under a size cap (never the whole video in memory), then run `work`."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap:
-        raise VideoTooLarge(f"videos are limited to {cap} bytes")
-    with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise VideoTooLarge(f"videos are limited to {cap} bytes")
-            tmp.write(chunk)
-        tmp.flush()
-        return await run_in_threadpool(work, Path(tmp.name))
+    """Spool an upload to disk under a size cap, then run `work` on the file."""
+    async with spooled_upload(request, cap=cap) as path:
+        return await run_in_threadpool(work, path)
 
 
 @router.post("/verify")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -11,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
 from consent_service.api.deps import Runtime, RuntimeDep, SessionDep, require
-from consent_service.errors import VideoTooLarge
+from consent_service.api.limits import spooled_upload
 from consent_service.models import PrincipalRef, VerificationAttempt, VerificationChallenge
 from consent_service.schemas import NoticeAcceptance
 from consent_service.services import verification
@@ -117,28 +115,14 @@ async def _receive(
 ) -> VerificationAttempt:
     """Spool the body to disk under the cap, probe it, then spend the nonce and queue the job."""
     settings = runtime.settings
-    cap = settings.verification_max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap:
-        raise VideoTooLarge(f"verification videos are limited to {cap} bytes")
-    spool = settings.verification_dir / "incoming"
-    spool.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=spool, suffix=".upload", delete=False) as tmp:
-        path = Path(tmp.name)
-    try:
-        with path.open("wb") as f:
-            size = 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > cap:
-                    raise VideoTooLarge(f"verification videos are limited to {cap} bytes")
-                f.write(chunk)
-        limits = MediaLimits(
-            max_seconds=settings.verification_max_seconds,
-            min_seconds=settings.verification_min_seconds,
-            max_side=settings.verification_max_side,
-            min_side=settings.verification_min_side,
-        )
+    limits = MediaLimits(
+        max_seconds=settings.verification_max_seconds,
+        min_seconds=settings.verification_min_seconds,
+        max_side=settings.verification_max_side,
+        min_side=settings.verification_min_side,
+    )
+    cap, spool = settings.verification_max_upload_bytes, settings.verification_dir / "incoming"
+    async with spooled_upload(request, cap=cap, directory=spool) as path:
         await run_in_threadpool(probe, path, limits=limits)
         attempt = await run_in_threadpool(
             verification.submit_attempt,
@@ -149,8 +133,6 @@ async def _receive(
             mirrored=mirrored,
             settings=settings,
         )
-    finally:
-        path.unlink(missing_ok=True)  # moved away on success; otherwise nothing is kept
     runtime.verifications.submit(attempt.id)
     return attempt
 
