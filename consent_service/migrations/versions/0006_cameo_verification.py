@@ -132,3 +132,5 @@ def downgrade() -> None:
     op.drop_table("cameo_template")
     op.drop_table("biometric_consent")
     # ### end Alembic commands ###
+    # PostgreSQL keeps the enum type after its table is gone; a later upgrade would collide with it.
+    sa.Enum(name="verificationstatus").drop(op.get_bind(), checkfirst=True)
