@@ -12,19 +12,23 @@ COPY generator_adapter ./generator_adapter
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/venv/bin/pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
- && /opt/venv/bin/pip install --no-cache-dir '.[generator]' \
- && /opt/venv/bin/pip install --no-cache-dir --no-deps invisible-watermark==0.2.0
+ && /opt/venv/bin/pip install --no-cache-dir '.[generator,verification]' \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps invisible-watermark==0.2.0 resemblyzer==0.1.4 \
+      insightface==2.1 speechbrain==1.1.2
 
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 AS gpu
 RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home /srv consent && mkdir -p /srv/var && chown consent /srv/var
 COPY --from=build /src /src
-# PyPI's Linux torch wheel is the CUDA build; onnxruntime-gpu serves the face models.
+# PyPI's Linux torch wheel is the CUDA build; onnxruntime-gpu replaces the CPU onnxruntime
+# (both install the same module) so insightface packs run on CUDA.
 RUN python3.11 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir onnxruntime-gpu==1.20.1 \
- && /opt/venv/bin/pip install --no-cache-dir '/src[generator]' \
- && /opt/venv/bin/pip install --no-cache-dir --no-deps invisible-watermark==0.2.0
+ && /opt/venv/bin/pip install --no-cache-dir '/src[generator,verification]' \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps invisible-watermark==0.2.0 resemblyzer==0.1.4 \
+      insightface==2.1 speechbrain==1.1.2 \
+ && /opt/venv/bin/pip uninstall -y onnxruntime \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps onnxruntime-gpu==1.31.1
 ENV PATH=/opt/venv/bin:$PATH CONSENT_DATA_DIR=/srv/var PYTHONUNBUFFERED=1
 WORKDIR /srv
 USER consent
