@@ -115,7 +115,17 @@ def main() -> None:
     with open(a.bodies) as f:
         bodies = [json.dumps(b).encode() for b in json.load(f)]
     out = asyncio.run(
-        run("127.0.0.1", a.port, "/v1/consent/checks", a.token, bodies, a.rate, a.seconds, a.connections)
+        run(
+            "127.0.0.1",
+            a.port,
+            "/v1/consent/checks",
+            a.token,
+            bodies,
+            a.rate,
+            a.seconds,
+            a.connections,
+            warmup=a.warmup,
+        )
     )
     json.dump(out, sys.stdout)
 
