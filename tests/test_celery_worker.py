@@ -1,4 +1,4 @@
-"""A generation job through a real Celery worker process with the Redis broker."""
+"""Generation and verification jobs through a real Celery worker process with the Redis broker."""
 
 import os
 import socket
@@ -10,7 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from consent_service.app import create_app
+from consent_service.verification import testkit
 from tests.conftest import Api, bootstrap_admin
+from tests.verification_kit import accept_notice, challenge, clip_for, upload, wait
 
 REDIS = ("127.0.0.1", 6379)
 
@@ -25,7 +27,7 @@ def _redis_up() -> bool:
 
 
 @pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379 (CI starts it)")
-def test_celery_worker_runs_a_gated_job(tmp_path, tiny_wan):
+def test_celery_worker_runs_gated_and_verification_jobs(tmp_path, tiny_wan):
     url = f"sqlite:///{tmp_path}/celery.db"
     from consent_service.db import migrate
 
@@ -96,6 +98,22 @@ def test_celery_worker_runs_a_gated_job(tmp_path, tiny_wan):
             # The worker process generated, signed and released it (this app runs no in-process worker).
             assert body["status"] == "released", body
             assert body["model_id"].startswith("WanPipeline")
+            if testkit.flite_available():
+                _verification_through_the_worker(api, tmp_path)
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def _verification_through_the_worker(api: Api, tmp_path) -> None:
+    """The app only queues the attempt; the worker loads the models and verifies the cameo."""
+    api.principal("carol")
+    assert api.call("POST", "/v1/cameos", "carol").status_code == 201
+    accept_notice(api, "carol")
+    ch = challenge(api, "carol")
+    r = upload(api, "carol", ch, clip_for(ch, tmp_path / "carol.mp4"))
+    assert r.status_code == 202, r.text
+    assert api.client.app.state.runtime.verifications.__class__.__name__ == "CeleryVerifications"
+    done = wait(api, "carol", r.json()["id"], timeout=120)
+    assert done["status"] == "verified", done
+    assert api.call("GET", "/v1/cameos/carol", "carol").json()["state"] == "verified"
