@@ -12,7 +12,7 @@ import hmac
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +160,6 @@ def check_cooldown(session: Session, *, owner_id: str, settings: Settings, now: 
 
 def _aware(at: datetime) -> datetime:
     # SQLite hands back naive datetimes for timezone-aware columns.
-    from datetime import UTC
-
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
