@@ -76,25 +76,6 @@ def _op(kind: str, src: Path, dst: Path, ca: Path) -> dict:
     }
 
 
-def _textured(n: int, h: int, w: int) -> np.ndarray:  # noqa: F821
-    import numpy as np
-
-    y, x = np.mgrid[0:h, 0:w] / max(h, w)
-    rng = np.random.default_rng(3)
-    frames = []
-    for i in range(n):
-        img = np.stack(
-            [
-                127 + 60 * np.sin(6 * x + i * 0.2) + 40 * np.cos(9 * y),
-                127 + 50 * np.sin(4 * (x + y) + i * 0.1),
-                127 + 70 * np.cos(15 * x * y + i * 0.3),
-            ],
-            -1,
-        )
-        frames.append(np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8))
-    return np.stack(frames)
-
-
 def watermark_accuracy(tmp: Path) -> dict:
     """Bit accuracy per frame and after the vote, Reed-Solomon recovery, and cost per frame."""
     import av
@@ -103,13 +84,14 @@ def watermark_accuracy(tmp: Path) -> dict:
     from reedsolo import RSCodec
 
     from generator_adapter import watermark as wm
+    from generator_adapter.tiny import textured_frames
     from generator_adapter.video import encode_mp4
 
     payload = bytes.fromhex("5eed1e55")
     bits = np.array(wm._bits(bytes(RSCodec(wm.PARITY_BYTES).encode(payload))))
     rows = []
     for h, w in ((480, 832), (256, 256)):
-        frames = _textured(16, h, w)
+        frames = textured_frames(16, h, w, seed=3)
         t = time.perf_counter()
         marked = wm.embed(frames, payload)
         embed_ms = (time.perf_counter() - t) / len(frames) * 1000
@@ -146,7 +128,7 @@ def watermark_accuracy(tmp: Path) -> dict:
             print(rows[-1], flush=True)
     recovery = []
     for h, w in ((480, 832), (256, 256)):
-        frames = _textured(16, h, w)
+        frames = textured_frames(16, h, w, seed=3)
         failed = 0
         for _ in range(20):
             random_payload = os.urandom(wm.PAYLOAD_BYTES)

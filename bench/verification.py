@@ -43,15 +43,12 @@ def stage_timing(verifier: Verifier, tmp: Path, runs: int) -> dict[str, object]:
         digits=ch.digits, turns=list(ch.turns), seconds=10.0, fps=30, width=1280, height=720
     )
     clip = testkit.build_clip(spec, tmp / "720p.mp4")
-    info = media.probe(
-        clip, limits=media.MediaLimits(max_seconds=30, min_seconds=2, max_side=1920, min_side=240)
-    )
+    limits = media.MediaLimits(max_seconds=30, min_seconds=2, max_side=1920, min_side=240)
+    info = media.probe(clip, limits=limits)
     results = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        media.probe(
-            clip, limits=media.MediaLimits(max_seconds=30, min_seconds=2, max_side=1920, min_side=240)
-        )
+        media.probe(clip, limits=limits)
         probe_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         out = verifier.verify(clip, challenge=ch)

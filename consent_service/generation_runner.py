@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from consent_service.db import write_transaction
 from consent_service.models import Cameo, Generation, GenerationCameo, GenerationStatus, Principal, utcnow
 from consent_service.replica import ConsentReplica
 from consent_service.services.changes import Event, write_event
+from consent_service.services.checks import decide_now
 from consent_service.worker_thread import ThreadWorker
 from generator_adapter.interface import (
     GenerationCancelled,
@@ -88,14 +87,7 @@ class GenerationRunner(ThreadWorker):
         return bool(claimed)
 
     def _consent_problem(self, actor: Principal, owners: list[str]) -> str | None:
-        decisions = self.replica.policy.decide_all(
-            actor_id=actor.id,
-            actor_birth_date=actor.birth_date,
-            owner_ids=owners,
-            purpose="generate",
-            now=time.time(),
-            today=date.today(),
-        )
+        decisions = decide_now(self.replica, actor=actor, owner_ids=owners, purpose="generate")
         denied = [d.reason.value for d in decisions if not d.allowed]
         return f"consent_revoked:{denied[0]}" if denied else None
 

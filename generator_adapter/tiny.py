@@ -143,3 +143,26 @@ def build_tiny_ltx(directory: Path, *, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(str(directory))  # type: ignore[attr-defined]
     return directory
+
+
+def textured_frames(n: int = 12, h: int = 256, w: int = 256, *, seed: int = 0) -> Any:
+    """Synthetic frames with smooth structure and grain, closer to video content than pure noise.
+
+    Watermark tests and benchmarks mark these: they need texture to hide bits in.
+    """
+    import numpy as np
+
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        img = np.stack(
+            [
+                127 + 60 * np.sin(6 * x + i * 0.2) + 40 * np.cos(9 * y),
+                127 + 50 * np.sin(4 * (x + y) + i * 0.1),
+                127 + 70 * np.cos(15 * x * y + i * 0.3),
+            ],
+            -1,
+        )
+        frames.append(np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8))
+    return np.stack(frames)

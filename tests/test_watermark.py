@@ -9,26 +9,9 @@ from generator_adapter import watermark
 from generator_adapter.interface import GenerationResult
 from generator_adapter.label import draw_label
 from generator_adapter.signing import verify_video
+from generator_adapter.tiny import textured_frames
 from generator_adapter.video import encode_mp4
 from tests.test_generations import _queued, _status
-
-
-def _textured(n=12, h=256, w=256, seed=0):
-    """Synthetic frames with smooth structure and grain, closer to video content than pure noise."""
-    y, x = np.mgrid[0:h, 0:w] / max(h, w)
-    rng = np.random.default_rng(seed)
-    frames = []
-    for i in range(n):
-        img = np.stack(
-            [
-                127 + 60 * np.sin(6 * x + i * 0.2) + 40 * np.cos(9 * y),
-                127 + 50 * np.sin(4 * (x + y) + i * 0.1),
-                127 + 70 * np.cos(15 * x * y + i * 0.3),
-            ],
-            -1,
-        )
-        frames.append(np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8))
-    return np.stack(frames)
 
 
 class _SyntheticGenerator:
@@ -41,20 +24,20 @@ class _SyntheticGenerator:
         # 24 frames of 384x384: the vote needs frames, and real clips have 49 or more. With 12
         # frames about 1 in 40 random payloads failed to decode here; with 24, none in 40.
         return GenerationResult(
-            frames=_textured(n=24, h=384, w=384), fps=16, model_id=self.model_id, seed=0, timings={}
+            frames=textured_frames(n=24, h=384, w=384), fps=16, model_id=self.model_id, seed=0, timings={}
         )
 
 
 @pytest.mark.parametrize("crf", [18, 23, 28])
 def test_watermark_survives_h264(tmp_path, crf):
     payload = bytes.fromhex("c0ffee42")
-    marked = watermark.embed(_textured(), payload)
+    marked = watermark.embed(textured_frames(), payload)
     path = encode_mp4(marked, tmp_path / "m.mp4", fps=16, crf=crf)
     assert watermark.extract(watermark.sample_frames(path)) == payload
 
 
 def test_watermark_absent_or_too_small(tmp_path):
-    plain = encode_mp4(_textured(), tmp_path / "p.mp4", fps=16)
+    plain = encode_mp4(textured_frames(), tmp_path / "p.mp4", fps=16)
     assert watermark.extract(watermark.sample_frames(plain)) is None
     assert not watermark.can_embed(np.zeros((2, 64, 64, 3), dtype=np.uint8))
     with pytest.raises(watermark.NotAVideoFile):
@@ -63,7 +46,7 @@ def test_watermark_absent_or_too_small(tmp_path):
 
 
 def test_label_marks_the_corner_only():
-    frames = _textured(n=2)
+    frames = textured_frames(n=2)
     labelled = draw_label(frames, "AI-generated \u00b7 @bob")
     h = frames.shape[1]
     assert (
@@ -122,10 +105,10 @@ def test_lookup_bad_inputs(gen_api, tmp_path):
         gen_api.client.post("/v1/provenance/lookup", content=b"garbage").json()["error"]["code"]
         == "not_a_video"
     )
-    plain = encode_mp4(_textured(n=4), tmp_path / "p.mp4", fps=16)
+    plain = encode_mp4(textured_frames(n=4), tmp_path / "p.mp4", fps=16)
     r = gen_api.client.post("/v1/provenance/lookup", content=plain.read_bytes())
     assert r.status_code == 404 and r.json()["error"]["code"] == "watermark_not_found"
-    other = encode_mp4(watermark.embed(_textured(n=6), b"\x00\x01\x02\x03"), tmp_path / "o.mp4", fps=16)
+    other = encode_mp4(watermark.embed(textured_frames(n=6), b"\x00\x01\x02\x03"), tmp_path / "o.mp4", fps=16)
     assert gen_api.client.post("/v1/provenance/lookup", content=other.read_bytes()).status_code == 404
 
 

@@ -145,6 +145,25 @@ async def check_consent(
     return CheckResult(check_id, allowed, results, revision, receipt, expires)
 
 
+def decide_now(
+    replica: ConsentReplica,
+    *,
+    actor: PrincipalLike,
+    owner_ids: list[str],
+    purpose: str,
+    now: float | None = None,
+) -> list[Decision]:
+    """The policy's decision for each owner's cameo, for this actor, at this instant and today's date."""
+    return replica.policy.decide_all(
+        actor_id=actor.id,
+        actor_birth_date=actor.birth_date,
+        owner_ids=owner_ids,
+        purpose=purpose,
+        now=time.time() if now is None else now,
+        today=date.today(),
+    )
+
+
 def decide_cameos(
     replica: ConsentReplica,
     *,
@@ -155,14 +174,7 @@ def decide_cameos(
     now: float | None = None,
 ) -> tuple[list[CameoDecision], int]:
     """Decisions for each owner's cameo at one revision, with banned terms applied to the prompt."""
-    decisions = replica.policy.decide_all(
-        actor_id=actor.id,
-        actor_birth_date=actor.birth_date,
-        owner_ids=[o.id for o in owners],
-        purpose=purpose,
-        now=time.time() if now is None else now,
-        today=date.today(),
-    )
+    decisions = decide_now(replica, actor=actor, owner_ids=[o.id for o in owners], purpose=purpose, now=now)
     results = [_result(owner, d, prompt) for owner, d in zip(owners, decisions, strict=True)]
     return results, decisions[0].revision if decisions else replica.policy.revision
 
@@ -216,14 +228,8 @@ def receipt_status(
     cameos = {c.id: c for c in session.exec(select(Cameo).where(col(Cameo.id).in_(cameo_ids))).all()}
     if actor is None or len(cameos) != len(set(cameo_ids)):
         raise NotFound("a principal or cameo named in the receipt no longer exists")
-    decisions = replica.policy.decide_all(
-        actor_id=actor.id,
-        actor_birth_date=actor.birth_date,
-        owner_ids=[cameos[c].owner_id for c in cameo_ids],
-        purpose=purpose,
-        now=now,
-        today=date.today(),
-    )
+    owner_ids = [cameos[c].owner_id for c in cameo_ids]
+    decisions = decide_now(replica, actor=actor, owner_ids=owner_ids, purpose=purpose, now=now)
     reasons = {}
     for cameo_id, d in zip(cameo_ids, decisions, strict=True):
         revoked = replica.policy.revoked_since(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from consent_service.models import (
     utcnow,
 )
 from consent_service.replica import ConsentReplica
+from consent_service.services.checks import decide_now
 from generator_adapter.signing import ProvenanceError, verify_video
 
 MP4_BRANDS = (b"ftyp",)
@@ -41,14 +41,7 @@ def consent_status(session: Session, replica: ConsentReplica, *, generation_id: 
             ).all()
         )
         assert actor is not None
-        decisions = replica.policy.decide_all(
-            actor_id=actor.id,
-            actor_birth_date=actor.birth_date,
-            owner_ids=owners,
-            purpose="generate",
-            now=utcnow().timestamp(),
-            today=date.today(),
-        )
+        decisions = decide_now(replica, actor=actor, owner_ids=owners, purpose="generate")
         status = "valid" if all(d.allowed for d in decisions) else "revoked"
     return {
         "generation_id": generation_id,
