@@ -14,14 +14,14 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, func, or_, select, text
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, text
 from sqlmodel import Session, col
 
 from audit import tree
 from audit.notes import CosignatureInvalid, NoteSigner, WitnessKey, checkpoint_body
-from consent_service.db import write_transaction
+from consent_service.db import insert_values, write_connection, write_transaction
 from consent_service.errors import CheckpointNotFound, CosignatureRejected, LogRequestInvalid
-from consent_service.models import AuditEvent, LogCheckpoint, LogCosignature, LogNode
+from consent_service.models import AuditEvent, LogCheckpoint, LogCosignature, LogNode, utcnow
 
 log = logging.getLogger(__name__)
 _ADVISORY_KEY = 0x6C6F67  # one integrator at a time across instances sharing PostgreSQL
@@ -93,15 +93,15 @@ class TransparencyLog:
 
     # -- integration -----------------------------------------------------
     def integrate(self, *, max_leaves: int = 100_000) -> int | None:
-        """Add newly committed entries to the tree and sign a checkpoint; returns the new size."""
-        with Session(self.engine) as session, write_transaction(session):
-            if self.engine.dialect.name == "postgresql":
-                got = session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
-                if not got.scalar_one():
-                    return None  # another instance is integrating right now
-            size = int(
-                session.execute(select(func.coalesce(func.max(LogCheckpoint.tree_size), 0))).scalar_one()
-            )
+        """Add newly committed entries to the tree and sign a checkpoint; returns the new size.
+
+        Reading, hashing and signing happen before the write transaction: on
+        SQLite every writer of the process queues on one lock, the audit writer
+        that each consent check waits for included, so the lock is held only to
+        insert the finished nodes and checkpoint.
+        """
+        with Session(self.engine) as session:
+            size = self._published_size(session)
             rows = session.execute(
                 select(col(AuditEvent.seq), col(AuditEvent.entry))
                 .where(col(AuditEvent.seq) >= size)
@@ -116,16 +116,23 @@ class TransparencyLog:
             if not entries:
                 return None
             frontier = tree.Frontier(size, _fetch(session, set(tree.Frontier.coords(size))))
-            created = frontier.append(entries)
-            session.execute(
-                LogNode.__table__.insert(),  # type: ignore[attr-defined]
-                [{"level": lv, "idx": i, "hash": h} for lv, i, h in created],
-            )
-            new_size, new_root = frontier.size, frontier.root()
             self._check_extends(session, size)
-            note = self.signer.sign(checkpoint_body(self.origin, new_size, new_root))
-            session.add(LogCheckpoint(tree_size=new_size, root_hash=new_root, note=note))
-            session.commit()
+        created = frontier.append(entries)
+        new_size, new_root = frontier.size, frontier.root()
+        note = self.signer.sign(checkpoint_body(self.origin, new_size, new_root))
+        with write_connection(self.engine) as conn:
+            if self.engine.dialect.name == "postgresql":
+                got = conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+                if not got.scalar_one():
+                    return None  # another instance is integrating right now
+            if self._published_size(conn) != size:
+                return None  # another instance integrated first; the next round builds on its tree
+            insert_values(conn, table=LogNode.__table__, columns=("level", "idx", "hash"), rows=created)  # type: ignore[attr-defined]
+            conn.execute(
+                insert(LogCheckpoint),
+                {"tree_size": new_size, "root_hash": new_root, "note": note, "created_at": utcnow()},
+            )
+            conn.commit()
             return new_size
 
     def _check_extends(self, session: Session, previous: int) -> None:
@@ -142,10 +149,11 @@ class TransparencyLog:
         self._stop.clear()
 
         def run() -> None:
+            # One checkpoint per interval. Looping until nothing is new would, under
+            # steady load, integrate a handful of rows at a time back to back.
             while not self._stop.wait(interval):
                 try:
-                    while self.integrate() is not None:
-                        pass
+                    self.integrate()
                 except Exception:
                     log.exception("log integration failed; retrying")
 
@@ -189,7 +197,7 @@ class TransparencyLog:
             ).all()
         return [(int(s), e) for s, e in rows]
 
-    def _published_size(self, session: Session) -> int:
+    def _published_size(self, session: Session | Connection) -> int:
         return int(session.execute(select(func.coalesce(func.max(LogCheckpoint.tree_size), 0))).scalar_one())
 
     def inclusion_proof(self, *, index: int, size: int) -> list[bytes]:

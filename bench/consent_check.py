@@ -188,7 +188,7 @@ def _serve(url: str, port: int, data_dir: str, extra_env: dict | None = None) ->
     raise RuntimeError("server did not start")
 
 
-def http_load(rates: list[int], seconds: float) -> dict:
+def http_load(rates: list[int], seconds: float, repeats: int = 3) -> dict:
     """Drive a real uvicorn server from a second process at fixed request rates."""
     from bench.dataset import build
 
@@ -212,7 +212,7 @@ def http_load(rates: list[int], seconds: float) -> dict:
     server = _serve(url, port, tmp)
     runs = []
     try:
-        for i, rate in enumerate(rates):
+        for i, rate in enumerate(rates * repeats):
             warmup = ["--warmup"] if i == 0 else []
             out = subprocess.run(
                 [
@@ -240,12 +240,20 @@ def http_load(rates: list[int], seconds: float) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # The machine is shared: each rate is run `repeats` times, interleaved, and
+    # the median run by p99 is the one reported per rate.
+    by_rate = {
+        rate: sorted((r for r in runs if r["target_rps"] == rate), key=lambda r: r["p99_ms"])
+        for rate in rates
+    }
     return {
         "grants": 100_000,
         "database": "sqlite",
-        "server": "uvicorn, 1 process",
+        "server": "uvicorn, 1 process; checks on the hot path; audit rows committed on the event loop",
         "seconds_per_rate": seconds,
+        "repeats": repeats,
         "each_check": "1 cameo, audit row committed, Ed25519 receipt signed",
+        "median_by_p99": [group[len(group) // 2] for group in by_rate.values()],
         "runs": runs,
     }
 
@@ -324,8 +332,11 @@ def revocation_lag(trials: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", type=int, nargs="*", default=[1_000, 100_000, 1_000_000])
-    ap.add_argument("--rates", type=int, nargs="*", default=[100, 200, 400, 800, 1500])
+    ap.add_argument("--rates", type=int, nargs="*", default=[400, 800, 1200, 1500])
     ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument(
+        "--http-repeats", type=int, default=3, help="runs per HTTP rate; the median by p99 is reported"
+    )
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--skip-pg", action="store_true")
     ap.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
@@ -363,7 +374,7 @@ def main() -> None:
         p99s = [s["decision"]["p99_ms"] for s in sizes]
         result["decision_p99_spread"] = round(max(p99s) / min(p99s) - 1, 3)
     if not a.skip_http:
-        result["http"] = http_load(a.rates, a.seconds)
+        result["http"] = http_load(a.rates, a.seconds, a.http_repeats)
     if not a.skip_pg:
         result["revocation_lag"] = revocation_lag(trials=40)
         print("pg", result["revocation_lag"], flush=True)

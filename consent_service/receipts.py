@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,10 @@ class ReceiptKeys:
     signing: Ed25519PrivateKey
     previous: tuple[Ed25519PublicKey, ...] = ()
 
-    @property
+    @cached_property
     def kid(self) -> str:
+        # Every receipt names its key; deriving the id means a SHA-256 of the
+        # public key, too much to repeat on the hot path.
         return key_id(self.signing.public_key())
 
     def _by_kid(self) -> dict[str, Ed25519PublicKey]:

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     max_cameos_per_check: int = Field(default=8, ge=1, le=64)
     max_prompt_chars: int = Field(default=4000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Serve consent checks through api/hot_path.py, skipping FastAPI's per-request
+    # machinery; off sends them through the ordinary route (same function, same answers).
+    check_hot_path: bool = True
     page_size_max: int = 500
 
     # How often an instance pulls consent changes written by other instances

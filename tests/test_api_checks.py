@@ -216,3 +216,84 @@ def test_receipt_revoked_then_regranted_stays_revoked(api):
     with TestClient(create_app(api.settings)) as other:
         body = other.post("/v1/consent/receipts/status", json={"receipt": receipt}).json()
         assert body["valid"] is False and body["status"] == "revoked"
+
+
+def _same_shape(response):
+    """Status and body, minus what differs on every call (ids, signatures, times)."""
+    body = response.json()
+    for volatile in ("check_id", "receipt", "receipt_expires_at"):
+        if volatile in body:
+            body[volatile] = bool(body[volatile])
+    return response.status_code, response.headers["content-type"], body
+
+
+def test_hot_path_answers_exactly_like_the_framework_route(api):
+    """Every kind of check, good and bad, gets the same answer with the hot path on and off."""
+    from fastapi.testclient import TestClient
+
+    from consent_service.app import create_app
+
+    _granted(api)
+    api.user_with_cameo("dora")
+    plat, bob = api.auth("plat"), api.auth("bob")
+    json_ct = {"Content-Type": "application/json"}
+    cases = [
+        (plat, {"actor_handle": "bob", "cameo_handles": ["@alice", "carol"], "prompt": "@alice waves"}),
+        (plat, {"actor_handle": "bob", "cameo_handles": ["alice", "dora"], "purpose": "remix"}),
+        (plat, {"actor_handle": "bob", "cameo_handles": ["alice", "ghost"]}),
+        (plat, {"actor_handle": "bob", "cameo_handles": [f"u{i}" for i in range(9)]}),
+        (plat, {"actor_handle": "bob", "cameo_handles": []}),
+        (plat, {"actor_handle": "bob", "cameo_handles": ["alice"], "prompt": "x" * 5000}),
+        (plat, {"actor_handle": "bob", "cameo_handles": ["alice"], "purpose": "telepathy"}),
+        (plat, {"actor_handle": "bob", "cameo_handles": ["alice"], "at_least_as_fresh": -1}),
+        (plat, {"actor_handle": "bob", "cameo_handles": ["alice"], "at_least_as_fresh": 10**9}),
+        (plat, {"actor_handle": "bob", "cameo_handles": ["alice"], "surprise": 1}),
+        (plat, {"cameo_handles": ["alice"]}),
+        (plat, {"actor_handle": "bob", "cameo_handles": ["alice"], "at_least_as_fresh": "1"}),
+        (plat, {"actor_handle": "bob", "cameo_handles": "alice"}),
+        (plat, {"actor_handle": 7, "cameo_handles": ["alice"]}),
+        (plat, {"actor_handle": "bob", "cameo_handles": ["alice"], "purpose": "GENERATE"}),
+        (plat, ["bob", ["alice"]]),
+        (plat, b"{not json"),
+        (plat, b""),
+        (bob, {"actor_handle": "bob", "cameo_handles": ["alice"]}),
+        ({}, {"actor_handle": "bob", "cameo_handles": ["alice"]}),
+        ({"Authorization": "Bearer csk_nope_nope"}, {"actor_handle": "bob", "cameo_handles": ["alice"]}),
+    ]
+
+    def answers(client):
+        out = []
+        for headers, body in cases:
+            if isinstance(body, bytes):
+                r = client.post("/v1/consent/checks", content=body, headers={**headers, **json_ct})
+            else:
+                r = client.post("/v1/consent/checks", json=body, headers=headers)
+            out.append(_same_shape(r))
+        return out
+
+    hot = answers(api.client)
+    with TestClient(create_app(api.settings.model_copy(update={"check_hot_path": False}))) as plain:
+        assert answers(plain) == hot
+    assert [status for status, _, _ in hot] == [
+        200,
+        200,
+        404,
+        422,
+        422,
+        422,
+        422,
+        422,
+        409,
+        422,
+        422,
+        200,
+        422,
+        422,
+        422,
+        422,
+        422,
+        422,
+        403,
+        401,
+        401,
+    ]

@@ -66,3 +66,54 @@ def test_directory_key_cache_expires_and_handles_resolve(db_url):
         asyncio.run(directory.users_by_handles(["alice", "ghost"]))
     assert err.value.details == {"handles": ["ghost"]}
     engine.dispose()
+
+
+def test_audit_writer_on_sqlite_waits_for_the_writer_lock_without_blocking_the_loop(
+    tmp_path, sqlite_template
+):
+    """Inline commits retry while another writer of the process holds SQLite; the loop keeps running."""
+    import shutil
+
+    from consent_service.db import writer_lock
+
+    shutil.copy(sqlite_template, tmp_path / "a.db")
+    engine = make_engine(f"sqlite:///{tmp_path}/a.db")
+    writer = AuditWriter(engine)
+    writer.start()
+    lock = writer_lock(engine)
+    assert lock is not None
+
+    async def scenario():
+        lock.acquire()
+        append = asyncio.ensure_future(writer.append([Event("consent.check", "a", "b")], revision=1))
+        ticks = 0
+        for _ in range(20):  # the loop still runs other work while the commit waits
+            await asyncio.sleep(0.001)
+            ticks += 1
+        assert not append.done()
+        lock.release()
+        await asyncio.wait_for(append, timeout=5)
+        return ticks
+
+    assert asyncio.run(scenario()) == 20
+    writer.stop()
+    with Session(engine) as s:
+        assert len(s.exec(select(AuditEvent).where(AuditEvent.action == "consent.check")).all()) == 1
+    engine.dispose()
+
+
+def test_insert_values_writes_many_rows_in_chunks(db_url):
+    from consent_service.db import insert_values, write_connection
+    from consent_service.models import LogNode
+
+    engine = make_engine(db_url)
+    rows = [(7, i, i.to_bytes(32, "big")) for i in range(2500)]  # three statements
+    with write_connection(engine) as conn:
+        insert_values(conn, table=LogNode.__table__, columns=("level", "idx", "hash"), rows=rows)
+        conn.commit()
+    with Session(engine) as s:
+        stored = s.exec(select(LogNode).where(LogNode.level == 7).order_by(LogNode.idx)).all()
+    assert [(n.level, n.idx, bytes(n.hash)) for n in stored] == rows
+    with write_connection(engine) as conn, pytest.raises(KeyError):
+        insert_values(conn, table=LogNode.__table__, columns=("level", "nope"), rows=[(1, 2)])
+    engine.dispose()

@@ -68,21 +68,30 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-async def get_principal(request: Request, runtime: RuntimeDep) -> PrincipalRef:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+async def authenticate(runtime: Runtime, authorization: str) -> PrincipalRef:
+    """The principal behind an `Authorization: Bearer ...` header value."""
+    scheme, _, token = authorization.partition(" ")
     return await runtime.directory.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+
+
+def authorize(runtime: Runtime, principal: PrincipalRef, *, obj: str, act: str) -> PrincipalRef:
+    """Route-level RBAC: the caller's role must be allowed `act` on `obj` by policy/route_policy.csv."""
+    if not runtime.routes.allows(role=str(principal.kind), obj=obj, act=act):
+        raise Forbidden(f"a {principal.kind} may not {act} {obj}")
+    return principal
+
+
+async def get_principal(request: Request, runtime: RuntimeDep) -> PrincipalRef:
+    return await authenticate(runtime, request.headers.get("authorization", ""))
 
 
 CurrentPrincipal = Annotated[PrincipalRef, Depends(get_principal)]
 
 
 def require(obj: str, act: str) -> Callable[..., Awaitable[PrincipalRef]]:
-    """Route guard: the caller's role must be allowed `act` on `obj` by policy/route_policy.csv."""
+    """Route guard built on `authorize`."""
 
     async def guard(principal: CurrentPrincipal, runtime: RuntimeDep) -> PrincipalRef:
-        if not runtime.routes.allows(role=str(principal.kind), obj=obj, act=act):
-            raise Forbidden(f"a {principal.kind} may not {act} {obj}")
-        return principal
+        return authorize(runtime, principal, obj=obj, act=act)
 
     return guard

@@ -20,15 +20,19 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
     )
 
 
+def domain_error_response(exc: DomainError) -> JSONResponse:
+    response = error_response(http_status_for(exc), exc.code, exc.message, exc.details)
+    if "retry_after_seconds" in exc.details:
+        response.headers["Retry-After"] = str(int(exc.details["retry_after_seconds"]))
+    return response
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that map every error to a consistent JSON body."""
 
     @app.exception_handler(DomainError)
     async def domain(_: Request, exc: DomainError) -> JSONResponse:
-        response = error_response(http_status_for(exc), exc.code, exc.message, exc.details)
-        if "retry_after_seconds" in exc.details:
-            response.headers["Retry-After"] = str(int(exc.details["retry_after_seconds"]))
-        return response
+        return domain_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import select, text
+from sqlalchemy import Connection, select, text
 from sqlmodel import Session, col
 
 from audit.entry import encode_entry
@@ -33,7 +33,7 @@ def write_events(session: Session, events: list[Event], *, revision: int | None)
     write_event_groups(session, [(events, revision)])
 
 
-def write_event_groups(session: Session, groups: list[tuple[list[Event], int | None]]) -> None:
+def write_event_groups(session: Session | Connection, groups: list[tuple[list[Event], int | None]]) -> None:
     """Insert several requests' audit rows with one sequence reservation and one executemany.
 
     Append-only: there is no update path. No RETURNING, and one round trip for
@@ -63,7 +63,7 @@ def write_event_groups(session: Session, groups: list[tuple[list[Event], int | N
     session.execute(AUDIT_TABLE.insert(), rows)
 
 
-def reserve_sequence(session: Session, *, count: int) -> int:
+def reserve_sequence(session: Session | Connection, *, count: int) -> int:
     """Reserve `count` dense log positions in this transaction; returns the first.
 
     The counter row stays locked until commit, so positions commit in order
