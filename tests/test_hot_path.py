@@ -117,3 +117,48 @@ def test_insert_values_writes_many_rows_in_chunks(db_url):
     with write_connection(engine) as conn, pytest.raises(KeyError):
         insert_values(conn, table=LogNode.__table__, columns=("level", "nope"), rows=[(1, 2)])
     engine.dispose()
+
+
+def test_wal_checkpointer_starts_a_growing_wal_over(tmp_path, sqlite_template):
+    """PASSIVE checkpoints alone never let a busy WAL restart; past the threshold a RESTART does."""
+    import shutil
+    import threading
+
+    from consent_service.db import WalCheckpointer
+
+    shutil.copy(sqlite_template, tmp_path / "w.db")
+    engine = make_engine(f"sqlite:///{tmp_path}/w.db")
+    writer = AuditWriter(engine)
+    writer.start()
+    checkpointer = WalCheckpointer(engine, restart_pages=200)
+    stop = threading.Event()
+
+    async def write_until_stopped():
+        i = 0
+        while not stop.is_set():
+            await writer.append([Event("consent.check", f"a{i}", "s")], revision=1)
+            i += 1
+            await asyncio.sleep(0)
+
+    def wal_frames() -> int:
+        raw = engine.raw_connection()
+        try:
+            return raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        finally:
+            raw.close()
+
+    restarted = []
+    thread = threading.Thread(target=lambda: asyncio.run(write_until_stopped()))
+    thread.start()
+    try:
+        for _ in range(200):  # writes keep coming while the checkpointer works
+            if checkpointer.checkpoint():
+                restarted.append(True)
+                break
+    finally:
+        stop.set()
+        thread.join()
+    writer.stop()
+    assert restarted, "the WAL never reached the threshold or was never started over"
+    assert wal_frames() < 200
+    engine.dispose()
