@@ -10,6 +10,9 @@ needs the GIL back after every SQLite call starves behind a busy event loop
 (measured: 15 ms per 16-row commit at 1,200 checks/s, a ceiling of about
 1,000 checks/s); there the batch is committed on the event loop itself, once
 per loop pass, which makes the same commit cost well under a millisecond.
+The price: while another process (the admin CLI, a worker) holds SQLite's
+write lock, the loop waits in SQLite's busy handler for that transaction.
+SQLite is the one-machine default; several processes belong on PostgreSQL.
 """
 
 from __future__ import annotations
