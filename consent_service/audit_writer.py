@@ -10,7 +10,9 @@ needs the GIL back after every SQLite call starves behind a busy event loop
 (measured: 15 ms per 16-row commit at 1,200 checks/s, a ceiling of about
 1,000 checks/s); there the batch is committed on the event loop itself, once
 per loop pass, which makes the same commit cost well under a millisecond.
-The price: while another process (the admin CLI, a worker) holds SQLite's
+With `synchronous=FULL` a commit waits for an fsync, which must not stall the
+loop, so that setting keeps the thread. The price of committing on the loop:
+while another process (the admin CLI, a worker) holds SQLite's
 write lock, the loop waits in SQLite's busy handler for that transaction.
 SQLite is the one-machine default; several processes belong on PostgreSQL.
 """
@@ -34,6 +36,14 @@ log = logging.getLogger(__name__)
 _Item = tuple[list[Event], int | None, "Future[None] | asyncio.Future[None]"]
 
 
+_SQLITE_NORMAL = 1  # PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
+
+
+def _sqlite_synchronous(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
+
+
 class AuditWriter:
     """Commits queued audit rows in batches: on the event loop (SQLite) or a background thread."""
 
@@ -41,7 +51,7 @@ class AuditWriter:
         self._engine = engine
         self._max_batch = max_batch
         self._linger = linger
-        self._inline = engine.dialect.name == "sqlite"
+        self._inline = engine.dialect.name == "sqlite" and _sqlite_synchronous(engine) == _SQLITE_NORMAL
         self._running = False
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread: threading.Thread | None = None

@@ -162,3 +162,22 @@ def test_wal_checkpointer_starts_a_growing_wal_over(tmp_path, sqlite_template):
     assert restarted, "the WAL never reached the threshold or was never started over"
     assert wal_frames() < 200
     engine.dispose()
+
+
+def test_audit_writer_keeps_its_thread_when_sqlite_commits_fsync(tmp_path, sqlite_template):
+    """synchronous=FULL waits on an fsync per commit: that wait stays off the event loop."""
+    import shutil
+    import threading
+
+    shutil.copy(sqlite_template, tmp_path / "f.db")
+    for synchronous, threaded in (("FULL", True), ("NORMAL", False)):
+        engine = make_engine(f"sqlite:///{tmp_path}/f.db", sqlite_synchronous=synchronous)
+        writer = AuditWriter(engine)
+        writer.start()
+        names = {t.name for t in threading.enumerate()}
+        asyncio.run(writer.append([Event("consent.check", synchronous, "s")], revision=1))
+        writer.stop()
+        assert ("audit-writer" in names) is threaded
+        with Session(engine) as s:
+            assert s.exec(select(AuditEvent).where(AuditEvent.actor_id == synchronous)).one()
+        engine.dispose()
