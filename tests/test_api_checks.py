@@ -259,6 +259,7 @@ def test_hot_path_answers_exactly_like_the_framework_route(api):
         (bob, {"actor_handle": "bob", "cameo_handles": ["alice"]}),
         ({}, {"actor_handle": "bob", "cameo_handles": ["alice"]}),
         ({"Authorization": "Bearer csk_nope_nope"}, {"actor_handle": "bob", "cameo_handles": ["alice"]}),
+        ([*bob.items(), *plat.items()], {"actor_handle": "bob", "cameo_handles": ["alice"]}),
     ]
 
     def answers(client):
@@ -296,4 +297,5 @@ def test_hot_path_answers_exactly_like_the_framework_route(api):
         403,
         401,
         401,
+        403,  # two Authorization headers: the first (bob's) counts, on both paths
     ]

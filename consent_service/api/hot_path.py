@@ -38,7 +38,7 @@ class ConsentCheckHotPath:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
+        headers = dict(reversed(scope["headers"]))  # a repeated header: the first wins, as in Starlette
         if not headers.get(b"content-type", b"application/json").startswith(b"application/json"):
             await self.app(scope, receive, send)
             return
