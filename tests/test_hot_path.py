@@ -1,6 +1,7 @@
 """The consent-check hot path: group-committed audit rows and cached principal lookups."""
 
 import asyncio
+import time
 from datetime import date
 
 import pytest
@@ -151,10 +152,12 @@ def test_wal_checkpointer_starts_a_growing_wal_over(tmp_path, sqlite_template):
     thread = threading.Thread(target=lambda: asyncio.run(write_until_stopped()))
     thread.start()
     try:
-        for _ in range(200):  # writes keep coming while the checkpointer works
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # writes keep coming while the checkpointer works
             if checkpointer.checkpoint():
                 restarted.append(True)
                 break
+            time.sleep(0.01)  # let the WAL grow past the threshold
     finally:
         stop.set()
         thread.join()
