@@ -141,7 +141,7 @@ def write_transaction(session: Session) -> Iterator[None]:
     if session.in_transaction():
         session.commit()  # end a read transaction (e.g. authentication) before taking the lock
     bind = session.get_bind()
-    lock = _WRITER_LOCKS.get(bind.engine) if isinstance(bind, Engine | Connection) else None
+    lock = writer_lock(bind.engine) if isinstance(bind, Engine | Connection) else None
     _writing.active = True
     try:
         if lock is None:
