@@ -6,7 +6,6 @@ Shared by tests/test_generation_race.py (CI) and bench/generation_gate.py.
 from __future__ import annotations
 
 import random
-import shutil
 import threading
 import time
 from datetime import date
@@ -23,13 +22,6 @@ SMALL = generations.GenerationParams(num_frames=5, height=32, width=32, steps=2,
 CAPS = generations.GenerationCaps(
     max_prompt_chars=4000, max_frames=81, max_side=832, max_steps=50, max_cameos=8, adult_age=18
 )
-
-
-class CopySigner:
-    """Stands in for C2PA signing until the provenance issue lands; keeps the release ordering real."""
-
-    def sign(self, source: Any, dest: Any, *, manifest: Any) -> None:
-        shutil.copyfile(source, dest)
 
 
 def setup_owner(engine: Any, replica: Any) -> None:

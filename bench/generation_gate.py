@@ -36,7 +36,7 @@ def main() -> None:
     from fastapi.testclient import TestClient
     from sqlmodel import Session
 
-    from bench.gate_race import CAPS, CopySigner, run_trials, setup_owner
+    from bench.gate_race import CAPS, run_trials, setup_owner
     from consent_service.app import build_runner, create_app
     from consent_service.db import migrate
     from consent_service.models import PrincipalKind
@@ -105,7 +105,6 @@ def main() -> None:
             plain.append(time.perf_counter() - t)
         runner = build_runner(runtime)
         runner._generator = gen
-        runner.signer = CopySigner()
         jobs = []
         for gid in ids[:10]:
             t = time.perf_counter()
@@ -140,7 +139,7 @@ def main() -> None:
         result["race"] = {
             **race,
             "revoke_delay": "uniform 0-120 ms after the job is queued",
-            "signer": "a copying stand-in until C2PA signing (provenance issue) lands",
+            "signer": "C2PA, signed in place",
         }
         print("race", result["race"], flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -222,10 +222,11 @@ class GenerationRunner(ThreadWorker):
                 revision=self.replica.policy.revision,
             )
             return GenerationStatus.held
+        # Signed where it lies, in held/, and moved on only once signed: nothing unsigned leaves held/.
+        self.signer.sign_in_place(held, manifest=self._manifest(generation_id, result.model_id, watermark))
         signed = self.outputs_dir / "signing" / f"{generation_id}.mp4"
         signed.parent.mkdir(parents=True, exist_ok=True)
-        self.signer.sign(held, signed, manifest=self._manifest(generation_id, result.model_id, watermark))
-        held.unlink(missing_ok=True)
+        held.replace(signed)
         return self._publish(generation_id, actor, owners, signed, result.model_id)
 
     def _mark(self, generation_id: str, actor: Principal, frames: Any) -> tuple[Any, str | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 Progress = Callable[[int, int], None]
@@ -60,9 +61,9 @@ class LikenessScanner(Protocol):
 
 
 class OutputSigner(Protocol):
-    """Writes a provenance-signed copy of a video (C2PA, from the provenance issue)."""
+    """Embeds a signed provenance manifest (C2PA) in a video file, in place; raises and leaves it unsigned."""
 
-    def sign(self, source: Any, dest: Any, *, manifest: Mapping[str, Any]) -> None: ...
+    def sign_in_place(self, path: Path, *, manifest: Mapping[str, Any]) -> None: ...
 
 
 class NoEnrolledTemplates:

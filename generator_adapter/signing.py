@@ -1,6 +1,7 @@
 """C2PA provenance for generated videos: a signing identity, a signer, and a verifier (c2pa-python).
 
-Signing goes path to path, so a video is never held in memory whole.
+Signing embeds the manifest in the file where it lies (see c2pa_embed), so a video is never held in
+memory whole, nor copied.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def build_manifest(manifest: Mapping[str, Any], *, claim_generator: str) -> dict
 
 
 class C2paSigner:
-    """Signs MP4s with a reusable c2pa Signer; an optional TSA is bounded by a hard timeout."""
+    """Signs MP4s in place with one reusable c2pa signer; an optional TSA is bounded by a hard timeout."""
 
     def __init__(
         self,
@@ -197,12 +198,14 @@ class C2paSigner:
     ) -> None:
         import c2pa
 
+        from generator_adapter.c2pa_embed import MERKLE_SETTINGS
+
         self.identity = identity
         self._claim_generator = claim_generator
         self._tsa_timeout = tsa_timeout
         try:
             if identity.sign_callback is not None:
-                self._signer = c2pa.Signer.from_callback(
+                signer = c2pa.Signer.from_callback(
                     _guarded(identity.sign_callback),
                     getattr(c2pa.C2paSigningAlg, identity.alg.upper()),
                     identity.chain_pem.decode(),
@@ -215,22 +218,26 @@ class C2paSigner:
                     identity.key_pem,
                     tsa_url.encode() if tsa_url else None,
                 )
-                self._signer = c2pa.Signer.from_info(info)
+                signer = c2pa.Signer.from_info(info)
+            # The context takes the signer over: the placeholder API signs with the context's signer.
+            self._context = c2pa.Context(settings=c2pa.Settings.from_dict(MERKLE_SETTINGS), signer=signer)
         except (c2pa.C2paError, AttributeError) as exc:
             raise ProvenanceError(f"signing identity refused: {exc}") from exc
-        self._lock = threading.Lock()  # one c2pa Signer is reused; calls into it are serialised
+        self._lock = threading.Lock()  # one c2pa signer is reused; calls into it are serialised
 
-    def sign(self, source: Any, dest: Any, *, manifest: Mapping[str, Any]) -> None:
-        """Write a signed copy of `source` to `dest`."""
+    def sign_in_place(self, path: Path, *, manifest: Mapping[str, Any]) -> None:
+        """Embed a signed manifest in the MP4 at `path`; raises ProvenanceError and leaves it unsigned."""
         import c2pa
 
-        document = build_manifest(manifest, claim_generator=self._claim_generator)
+        from generator_adapter.c2pa_embed import sign_in_place
+
+        document = json.dumps(build_manifest(manifest, claim_generator=self._claim_generator))
         errors: list[BaseException] = []
 
         def run() -> None:
             try:
-                with self._lock:
-                    c2pa.Builder(json.dumps(document)).sign_file(str(source), str(dest), self._signer)
+                with self._lock, c2pa.Builder(document, context=self._context) as builder:
+                    sign_in_place(path, builder)
             except BaseException as exc:  # handed to the caller's thread
                 errors.append(exc)
 

@@ -7,15 +7,14 @@ from tests.conftest import full_log_check
 def test_generation_race_never_releases_without_consent(settings, tiny_wan):
     from fastapi.testclient import TestClient
 
-    from bench.gate_race import CopySigner, run_trials, setup_owner
+    from bench.gate_race import run_trials, setup_owner
     from consent_service.app import create_app
 
     settings = settings.model_copy(update={"generator_model_dir": tiny_wan})
     with TestClient(create_app(settings)) as client:
         runtime = client.app.state.runtime
         runtime.jobs.stop()
-        runner = build_runner(runtime)
-        runner.signer = CopySigner()
+        runner = build_runner(runtime)  # real C2PA signing: the race covers the whole release path
         setup_owner(runtime.engine, runtime.replica)
         # Warm the pipeline so the delays below straddle the whole run, not the first load.
         result = run_trials(

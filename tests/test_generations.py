@@ -1,6 +1,5 @@
 """The gated generator end to end, with a tiny random-weight Wan pipeline loaded by the production path."""
 
-import shutil
 import time
 from pathlib import Path
 
@@ -203,15 +202,14 @@ def test_generation_requester_cancel_mid_run(gen_api, tiny_wan):
     assert _status(runtime, gid)[1] == "requester_cancelled"
 
 
-class _CopySigner:
-    """Stands in for C2PA signing (the provenance issue) to exercise the release ordering."""
+class _RecordingSigner:
+    """Stands in for C2PA signing (tested in test_provenance) to exercise the release ordering."""
 
     def __init__(self):
         self.calls = []
 
-    def sign(self, source, dest, *, manifest):
+    def sign_in_place(self, path, *, manifest):
         self.calls.append(manifest)
-        shutil.copyfile(source, dest)
 
 
 class _Scanner:
@@ -241,7 +239,7 @@ def test_generation_without_a_signer_nothing_is_released(gen_api):
 def test_generation_release_after_final_check_and_signing(gen_api, tiny_wan):
     runtime, gid = _queued(gen_api)
     runner = build_runner(runtime)
-    runner.signer = _CopySigner()
+    runner.signer = _RecordingSigner()
     assert runner.run(gid) is GenerationStatus.released
     [manifest] = runner.signer.calls
     assert manifest["generation_id"] == gid and manifest["model_id"] == runner._generator.model_id
@@ -255,7 +253,7 @@ def test_generation_release_after_final_check_and_signing(gen_api, tiny_wan):
 def test_generation_revoked_between_generation_and_release_is_not_released(gen_api):
     runtime, gid = _queued(gen_api)
     runner = build_runner(runtime)
-    runner.signer = _CopySigner()
+    runner.signer = _RecordingSigner()
     runner.scanner = _Scanner(hook=lambda: _revoke(runtime))  # revoke after the frames exist
     assert runner.run(gid) is GenerationStatus.cancelled
     assert runner.signer.calls == []
@@ -269,7 +267,7 @@ def test_generation_output_scan_holds_an_unconsented_likeness(gen_api):
     runtime.jobs.stop()
     gid = _request(gen_api, "bob", "@alice waves at a crowd").json()["id"]
     runner = build_runner(runtime)
-    runner.signer = _CopySigner()
+    runner.signer = _RecordingSigner()
     runner.scanner = _Scanner(found={dora})
     assert runner.run(gid) is GenerationStatus.held
     assert _status(runtime, gid)[1] == "unconsented_likeness" and runner.signer.calls == []
@@ -331,8 +329,8 @@ def test_generation_takedown_during_signing_is_never_released(gen_api):
     inner = runner.signer
 
     class _TakedownWhileSigning:
-        def sign(self, source, dest, *, manifest):
-            inner.sign(source, dest, manifest=manifest)
+        def sign_in_place(self, path, *, manifest):
+            inner.sign_in_place(path, manifest=manifest)
             with Session(runtime.engine) as s:
                 generations.take_down(s, caller=get_by_handle(s, handle="alice"), generation_id=gid)
 

@@ -71,8 +71,9 @@ def test_provenance_bad_uploads(released, tmp_path):
     assert _verify(api, plain).json()["error"]["code"] == "no_provenance"
     stranger = SigningIdentity.local(tmp_path / "other-ca")
     signed = tmp_path / "stranger.mp4"
-    C2paSigner(stranger, claim_generator="someone/1.0").sign(
-        tmp_path / "plain.mp4", signed, manifest={"generation_id": "x", "model_id": "m", "consent": {}}
+    signed.write_bytes(plain)
+    C2paSigner(stranger, claim_generator="someone/1.0").sign_in_place(
+        signed, manifest={"generation_id": "x", "model_id": "m", "consent": {}}
     )
     r = _verify(api, signed.read_bytes())
     assert r.status_code == 422 and r.json()["error"]["code"] == "untrusted_signer"
@@ -149,17 +150,20 @@ def test_provenance_remote_signer_keeps_the_key_out_of_the_service(tmp_path, set
     assert identity.key_pem == b"" and identity.sign_callback is not None
     signer = C2paSigner(identity, claim_generator="cameo-consent/0.1.0")
     frames = np.zeros((4, 64, 64, 3), dtype=np.uint8)
-    src, dest = tmp_path / "in.mp4", tmp_path / "out.mp4"
-    encode_mp4(frames, src, fps=8)
+    video, unsigned = tmp_path / "out.mp4", tmp_path / "never.mp4"
+    encode_mp4(frames, video, fps=8)
+    unsigned.write_bytes(video.read_bytes())
     manifest = {"generation_id": "g1", "model_id": "tiny", "consent": {"cameo_ids": ["c1"]}}
-    signer.sign(src, dest, manifest=manifest)
+    signer.sign_in_place(video, manifest=manifest)
     assert remote_signer.calls() == 1
-    report = verify_video(dest, anchors_pem=local.anchors_pem)
+    report = verify_video(video, anchors_pem=local.anchors_pem)
     assert report.state == "Trusted" and report.consent == {"cameo_ids": ["c1"]}
 
     remote_signer.fail(True)
+    before = unsigned.read_bytes()
     with pytest.raises(ProvenanceError):
-        signer.sign(src, tmp_path / "never.mp4", manifest=manifest)
+        signer.sign_in_place(unsigned, manifest=manifest)
+    assert unsigned.read_bytes() == before  # a refused signature leaves no placeholder behind
     remote_signer.fail(False)
     with pytest.raises(ValueError, match="CHAIN_PATH"):
         signing_identity(configured.model_copy(update={"c2pa_chain_path": None}))
