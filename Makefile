@@ -37,6 +37,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/consent_check.py
 	$(BIN)/python bench/verification.py
+	$(BIN)/python bench/provenance.py
 
 clean:
 	rm -rf $(VENV) var

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -191,6 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
         runtime = build_runtime(settings)
         runtime.replica.start()
         runtime.anchors_pem = signing_identity(settings).anchors_pem

@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 
 from consent_service.db import write_connection, writer_lock
 from consent_service.errors import AuditUnavailable
-from consent_service.services.changes import Event, write_event_groups
+from consent_service.services.changes import Event, SqliteAuditAppender, write_event_groups
 
 log = logging.getLogger(__name__)
 _Item = tuple[list[Event], int | None, "Future[None] | asyncio.Future[None]"]
@@ -52,6 +52,7 @@ class AuditWriter:
         self._max_batch = max_batch
         self._linger = linger
         self._inline = engine.dialect.name == "sqlite" and _sqlite_synchronous(engine) == _SQLITE_NORMAL
+        self._appender: SqliteAuditAppender | None = None
         self._running = False
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -60,7 +61,9 @@ class AuditWriter:
 
     def start(self) -> None:
         self._running = True
-        if not self._inline:
+        if self._inline:
+            self._appender = SqliteAuditAppender(self._engine)
+        else:
             self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
             self._thread.start()
 
@@ -70,6 +73,9 @@ class AuditWriter:
             self._queue.put(None)
             self._thread.join(timeout=10)
             self._thread = None
+        if self._appender is not None:
+            self._appender.close()
+            self._appender = None
 
     async def append(self, events: list[Event], *, revision: int | None) -> None:
         """Return once the events are durably committed; raise AuditUnavailable otherwise."""
@@ -131,10 +137,14 @@ class AuditWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[_Item], *, lock_held: bool = False) -> None:
+        groups = [(events, revision) for events, revision, _ in batch]
         try:
-            with write_connection(self._engine, lock_held=lock_held) as conn:
-                write_event_groups(conn, [(events, revision) for events, revision, _ in batch])
-                conn.commit()
+            if self._appender is not None:
+                self._appender.write(groups)
+            else:
+                with write_connection(self._engine, lock_held=lock_held) as conn:
+                    write_event_groups(conn, groups)
+                    conn.commit()
         except Exception as exc:
             log.exception("audit batch of %d requests failed", len(batch))
             error = AuditUnavailable("the audit log could not be written; nothing was decided")

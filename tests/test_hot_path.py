@@ -184,3 +184,97 @@ def test_audit_writer_keeps_its_thread_when_sqlite_commits_fsync(tmp_path, sqlit
         with Session(engine) as s:
             assert s.exec(select(AuditEvent).where(AuditEvent.actor_id == synchronous)).one()
         engine.dispose()
+
+
+def test_audit_appender_stores_exactly_what_the_sqlalchemy_path_stores(
+    sqlite_template, tmp_path, monkeypatch
+):
+    """The event loop's raw-sqlite3 appender and write_event_groups must leave identical rows."""
+    import shutil
+    import sqlite3
+    from datetime import UTC, datetime
+
+    from consent_service.db import write_connection
+    from consent_service.services import changes
+
+    monkeypatch.setattr(changes, "utcnow", lambda: datetime(2026, 11, 29, 21, 0, 0, 123456, tzinfo=UTC))
+    groups = [
+        (
+            [
+                Event(
+                    "consent.check", "a1", "s1", "allow", "granted", {"check_id": "c1", "prompt_sha256": None}
+                )
+            ],
+            7,
+        ),
+        (
+            [
+                Event(
+                    "consent.check", "a2", "s2", "deny", "blocked", {"note": "caf\u00e9 \u2713", "n": [1, 2]}
+                )
+            ],
+            None,
+        ),
+        ([Event("grant.create", None), Event("grant.revoke", "a3", None, details={})], 9),
+    ]
+    paths = {kind: tmp_path / f"{kind}.db" for kind in ("orm", "raw")}
+    for path in paths.values():
+        shutil.copy(sqlite_template, path)
+    orm = make_engine(f"sqlite:///{paths['orm']}")
+    with write_connection(orm) as conn:
+        changes.write_event_groups(conn, groups)
+        conn.commit()
+    raw = make_engine(f"sqlite:///{paths['raw']}")
+    appender = changes.SqliteAuditAppender(raw)
+    appender.write(groups)
+    appender.write([])  # nothing to write: no transaction, no sequence reserved
+    appender.close()
+
+    def dump(path):
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT * FROM audit_event ORDER BY seq").fetchall(), db.execute(
+                "SELECT next FROM log_counter"
+            ).fetchall()
+
+    orm_rows, raw_rows = dump(paths["orm"]), dump(paths["raw"])
+    assert len(orm_rows[0]) == 4 and orm_rows == raw_rows
+    with Session(raw) as s:  # and the ORM reads the appender's rows back as it wrote its own
+        first = s.exec(select(AuditEvent).order_by(AuditEvent.seq)).first()
+    assert first.details == {"check_id": "c1", "prompt_sha256": None} and first.at.year == 2026
+    orm.dispose()
+    raw.dispose()
+
+
+def test_audit_appender_rolls_back_a_failed_batch(sqlite_template, tmp_path):
+    import shutil
+
+    from consent_service.services.changes import SqliteAuditAppender
+
+    path = tmp_path / "c.db"
+    shutil.copy(sqlite_template, path)
+    engine = make_engine(f"sqlite:///{path}")
+    appender = SqliteAuditAppender(engine)
+    appender.write([([Event("consent.check", "a", "b")], 1)])
+    with pytest.raises(TypeError):  # details that JSON cannot encode fail inside the transaction
+        appender.write([([Event("consent.check", "a", "b", details={"x": object()})], 1)])
+    appender.write([([Event("consent.check", "c", "d")], 2)])
+    appender.close()
+    with Session(engine) as s:
+        rows = s.exec(select(AuditEvent).order_by(AuditEvent.seq)).all()
+    assert [(r.seq, r.actor_id) for r in rows] == [(0, "a"), (1, "c")]  # no gap, nothing half-written
+    engine.dispose()
+
+
+def test_app_applies_the_gil_switch_interval(settings):
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from consent_service.app import create_app
+
+    before = sys.getswitchinterval()
+    try:
+        with TestClient(create_app(settings.model_copy(update={"gil_switch_interval_ms": 2.0}))):
+            assert sys.getswitchinterval() == pytest.approx(0.002)
+    finally:
+        sys.setswitchinterval(before)

@@ -43,8 +43,12 @@ def write_event_groups(session: Session | Connection, groups: list[tuple[list[Ev
     count = sum(len(events) for events, _ in groups)
     if count == 0:
         return
-    at = utcnow()
     seq = reserve_sequence(session, count=count)
+    session.execute(AUDIT_TABLE.insert(), audit_rows(groups, seq=seq, at=utcnow()))
+
+
+def audit_rows(groups: list[tuple[list[Event], int | None]], *, seq: int, at: Any) -> list[dict[str, Any]]:
+    """The audit_event rows for these groups, numbered from `seq`, each with its canonical entry."""
     rows = []
     for events, revision in groups:
         for e in events:
@@ -60,7 +64,60 @@ def write_event_groups(session: Session | Connection, groups: list[tuple[list[Ev
             }
             rows.append({**fields, "seq": seq, "entry": encode_entry(seq=seq, **fields)})
             seq += 1
-    session.execute(AUDIT_TABLE.insert(), rows)
+    return rows
+
+
+class SqliteAuditAppender:
+    """write_event_groups on one raw sqlite3 connection, for the audit writer on the event loop.
+
+    The same statements and the same stored values (each column bound by its SQLAlchemy
+    type's own processor), without the engine's per-statement machinery: SQLAlchemy's
+    begin, execute and commit cost about a third of the event loop's CPU per consent check
+    at 700 checks/s (py-spy). One multi-row INSERT per batch, because every sqlite3 call
+    hands the GIL back and the loop must then win it again from any busy thread.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self._raw = engine.raw_connection()  # pooled, with the engine's pragmas applied
+        self._db: Any = self._raw.driver_connection
+        columns = [c for c in AUDIT_TABLE.columns if not c.primary_key]
+        dialect = engine.dialect
+        self._columns = [
+            (c.name, c.type.dialect_impl(dialect).bind_processor(dialect) or _same) for c in columns
+        ]
+        self._head = f"INSERT INTO {AUDIT_TABLE.name} ({', '.join(c.name for c in columns)}) VALUES "  # noqa: S608
+        self._one = "(" + ", ".join("?" * len(columns)) + ")"
+
+    def write(self, groups: list[tuple[list[Event], int | None]]) -> None:
+        """Commit the groups' rows in one transaction, or roll back and raise."""
+        count = sum(len(events) for events, _ in groups)
+        if count == 0:
+            return
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            end = db.execute(_BUMP_SQL, (count,)).fetchone()[0]
+            rows = audit_rows(groups, seq=end - count, at=utcnow())
+            # 9 columns: 1,000 rows stay under SQLite's 32,766 bound parameters.
+            for start in range(0, len(rows), 1000):
+                chunk = rows[start : start + 1000]
+                params = [bind(row[name]) for row in chunk for name, bind in self._columns]
+                db.execute(self._head + ", ".join([self._one] * len(chunk)), params)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+_BUMP_SQL = "UPDATE log_counter SET next = next + ? WHERE id = 1 RETURNING next"
 
 
 def reserve_sequence(session: Session | Connection, *, count: int) -> int:
@@ -69,8 +126,7 @@ def reserve_sequence(session: Session | Connection, *, count: int) -> int:
     The counter row stays locked until commit, so positions commit in order
     and a rolled-back transaction gives its positions back: no gaps.
     """
-    bump = text("UPDATE log_counter SET next = next + :n WHERE id = 1 RETURNING next")
-    end = int(session.execute(bump, {"n": count}).scalar_one())
+    end = int(session.execute(text(_BUMP_SQL.replace("?", ":n")), {"n": count}).scalar_one())
     return end - count
 
 
