@@ -194,15 +194,23 @@ def insert_values(
     as they are, so they must already be plain ints, strings and bytes.
     """
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    for sql, params in multi_row_inserts(table=table, columns=columns, rows=rows, mark=mark):
+        conn.exec_driver_sql(sql, params)
+
+
+def multi_row_inserts(
+    *, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]], mark: str = "?"
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """The statements of insert_values, each with its flattened parameters, for any DB-API cursor."""
     one = "(" + ", ".join([mark] * len(columns)) + ")"
     # Identifiers come from the table's metadata (a KeyError for an unknown
     # column); every value is a bound parameter.
     names = ", ".join(table.c[c].name for c in columns)
     head = f"INSERT INTO {table.name} ({names}) VALUES "  # noqa: S608
+    # At most 1,000 rows: a dozen columns stay far under SQLite's 32,766 bound parameters.
     for start in range(0, len(rows), 1000):
         chunk = rows[start : start + 1000]
-        params = tuple(value for row in chunk for value in row)
-        conn.exec_driver_sql(head + ", ".join([one] * len(chunk)), params)
+        yield head + ", ".join([one] * len(chunk)), tuple(value for row in chunk for value in row)
 
 
 P = ParamSpec("P")

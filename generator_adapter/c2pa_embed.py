@@ -127,13 +127,12 @@ def _is_manifest(f: BinaryIO, box: Box) -> bool:
 
 def _hash_mdat(lib: Any, builder: Any, f: BinaryIO, mdat_id: int, box: Box) -> None:
     f.seek(box.offset + box.header)
-    left = box.size - box.header
+    left, large = box.size - box.header, box.header == 16
     while left:
         chunk = f.read(min(left, READ_BYTES))
         if not chunk:
             raise EmbedError("file shrank while it was hashed")
         left -= len(chunk)
-        large = box.header == 16
         _check(lib.c2pa_builder_hash_mdat_bytes(builder._handle, mdat_id, chunk, len(chunk), large))
 
 

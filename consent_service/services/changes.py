@@ -9,6 +9,7 @@ from sqlalchemy import Connection, select, text
 from sqlmodel import Session, col
 
 from audit.entry import encode_entry
+from consent_service.db import multi_row_inserts
 from consent_service.models import AuditEvent, ConsentChange, WebhookDelivery, WebhookSubscription, utcnow
 
 AUDIT_TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
@@ -82,11 +83,8 @@ class SqliteAuditAppender:
         self._db: Any = self._raw.driver_connection
         columns = [c for c in AUDIT_TABLE.columns if not c.primary_key]
         dialect = engine.dialect
-        self._columns = [
-            (c.name, c.type.dialect_impl(dialect).bind_processor(dialect) or _same) for c in columns
-        ]
-        self._head = f"INSERT INTO {AUDIT_TABLE.name} ({', '.join(c.name for c in columns)}) VALUES "  # noqa: S608
-        self._one = "(" + ", ".join("?" * len(columns)) + ")"
+        self._names = tuple(c.name for c in columns)
+        self._binds = [c.type.dialect_impl(dialect).bind_processor(dialect) or _same for c in columns]
 
     def write(self, groups: list[tuple[list[Event], int | None]]) -> None:
         """Commit the groups' rows in one transaction, or roll back and raise."""
@@ -97,12 +95,12 @@ class SqliteAuditAppender:
         db.execute("BEGIN IMMEDIATE")
         try:
             end = db.execute(_BUMP_SQL, (count,)).fetchone()[0]
-            rows = audit_rows(groups, seq=end - count, at=utcnow())
-            # 9 columns: 1,000 rows stay under SQLite's 32,766 bound parameters.
-            for start in range(0, len(rows), 1000):
-                chunk = rows[start : start + 1000]
-                params = [bind(row[name]) for row in chunk for name, bind in self._columns]
-                db.execute(self._head + ", ".join([self._one] * len(chunk)), params)
+            bound = [
+                [bind(row[name]) for name, bind in zip(self._names, self._binds, strict=True)]
+                for row in audit_rows(groups, seq=end - count, at=utcnow())
+            ]
+            for sql, params in multi_row_inserts(table=AUDIT_TABLE, columns=self._names, rows=bound):
+                db.execute(sql, params)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
