@@ -11,8 +11,9 @@ import base64
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, text
 from sqlmodel import Session, col
@@ -26,6 +27,12 @@ from consent_service.models import AuditEvent, LogCheckpoint, LogCosignature, Lo
 log = logging.getLogger(__name__)
 _ADVISORY_KEY = 0x6C6F67  # one integrator at a time across instances sharing PostgreSQL
 _BLOCK = 4096
+
+
+class Waitable(Protocol):
+    """A threading or multiprocessing Event."""
+
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -145,20 +152,25 @@ class TransparencyLog:
             raise RuntimeError(f"refusing to sign: the tree no longer contains checkpoint {previous}")
 
     def start(self, *, interval: float = 1.0) -> None:
-        """Integrate and publish a checkpoint every `interval` seconds in the background."""
+        """Integrate and publish a checkpoint every `interval` seconds in a background thread."""
         self._stop.clear()
-
-        def run() -> None:
-            # One checkpoint per interval. Looping until nothing is new would, under
-            # steady load, integrate a handful of rows at a time back to back.
-            while not self._stop.wait(interval):
-                try:
-                    self.integrate()
-                except Exception:
-                    log.exception("log integration failed; retrying")
-
-        self._thread = threading.Thread(target=run, name="audit-log-integrator", daemon=True)
+        self._thread = threading.Thread(
+            target=self.run,
+            kwargs={"interval": interval, "stop": self._stop},
+            name="audit-log-integrator",
+            daemon=True,
+        )
         self._thread.start()
+
+    def run(self, *, interval: float, stop: Waitable, alive: Callable[[], bool] = lambda: True) -> None:
+        """Integrate every `interval` seconds until `stop` is set or `alive()` turns false."""
+        # One checkpoint per interval. Looping until nothing is new would, under
+        # steady load, integrate a handful of rows at a time back to back.
+        while not stop.wait(interval) and alive():
+            try:
+                self.integrate()
+            except Exception:
+                log.exception("log integration failed; retrying")
 
     def stop(self) -> None:
         self._stop.set()

@@ -31,6 +31,7 @@ from consent_service.audit_writer import AuditWriter
 from consent_service.db import WalCheckpointer, make_engine
 from consent_service.directory import Directory
 from consent_service.generation_runner import GenerationRunner
+from consent_service.housekeeping import HousekeeperProcess
 from consent_service.jobs import CeleryJobs, CeleryVerifications, JobQueue
 from consent_service.receipts import ReceiptKeys, load_or_create_key
 from consent_service.replica import ConsentReplica
@@ -83,7 +84,7 @@ def build_runtime(settings: Settings) -> Runtime:
         keys=ReceiptKeys(signing=signing, previous=previous),
         routes=RoutePolicy(),
         directory=Directory(engine, key_ttl=settings.api_key_cache_seconds),
-        audit=AuditWriter(engine),
+        audit=AuditWriter(engine, offload=settings.audit_writer == "process"),
         log=build_log(settings, engine),
         box=box,
         webhooks=WebhookDispatcher(engine, box=box),
@@ -204,9 +205,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.verifications.submit(attempt_id)
         runtime.audit.start()
         runtime.webhooks.start()
-        runtime.log.start(interval=settings.log_integrate_interval_seconds)
+        housekeeper = HousekeeperProcess(settings) if settings.housekeeping == "process" else None
         checkpointer = WalCheckpointer(runtime.engine)
-        checkpointer.start()
+        if housekeeper is not None:
+            housekeeper.start()
+        else:
+            runtime.log.start(interval=settings.log_integrate_interval_seconds)
+            checkpointer.start()
         app.state.runtime = runtime
         log.info("consent service ready at revision %s", runtime.replica.policy.revision)
         try:
@@ -216,6 +221,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.jobs.stop()
             runtime.verifications.stop()
             runtime.webhooks.stop()
+            if housekeeper is not None:
+                housekeeper.stop()
             runtime.log.stop()
             runtime.audit.stop()
             runtime.replica.stop()

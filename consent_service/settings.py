@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     log_key_path: Path | None = None
     log_witness_keys: list[str] = Field(default_factory=list)
     log_integrate_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Log integration and SQLite WAL checkpoints. "process": in a child process, off the
+    # event loop's GIL, one per data_dir (housekeeping.py); "thread": in this process,
+    # which costs no start-up (tests, embedding).
+    housekeeping: Literal["process", "thread"] = "process"
+    # SQLite audit rows of consent checks. "process": committed by a child process the event
+    # loop feeds over a pipe (audit_process.py); "loop": on the event loop itself.
+    audit_writer: Literal["process", "loop"] = "process"
     # The gated generator: a local diffusers pipeline directory (none: generation is unavailable).
     generator_model_dir: Path | None = None
     generator_device: str = "auto"

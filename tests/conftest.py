@@ -96,7 +96,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
     return Settings(
-        environment="test", database_url=db_url, data_dir=tmp_path / "data", sync_interval_seconds=0.05
+        environment="test",
+        database_url=db_url,
+        data_dir=tmp_path / "data",
+        sync_interval_seconds=0.05,
+        housekeeping="thread",
+        audit_writer="loop",
     )
 
 

@@ -98,8 +98,14 @@ def test_kill9_during_appends_loses_no_acknowledged_entry(tmp_path):
     threads = [threading.Thread(target=hammer) for _ in range(6)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
-    before = httpx.get(f"http://127.0.0.1:{port}/v1/log/checkpoint").text  # a checkpoint signed mid-load
+    deadline = time.time() + 30
+    while True:  # a checkpoint signed mid-load (the housekeeper process needs a moment to start)
+        time.sleep(0.2)
+        got = httpx.get(f"http://127.0.0.1:{port}/v1/log/checkpoint")
+        if got.status_code == 200 or time.time() > deadline:
+            break
+    assert got.status_code == 200, got.text
+    before = got.text
     vkey = httpx.get(f"http://127.0.0.1:{port}/v1/log/key").json()["vkey"]
     time.sleep(0.5)
     os.kill(server.pid, signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -9,7 +10,7 @@ from sqlalchemy import Connection, select, text
 from sqlmodel import Session, col
 
 from audit.entry import encode_entry
-from consent_service.db import multi_row_inserts
+from consent_service.db import AUTOCHECKPOINT_BACKSTOP_PAGES, SQLITE_BUSY_TIMEOUT_MS, multi_row_inserts
 from consent_service.models import AuditEvent, ConsentChange, WebhookDelivery, WebhookSubscription, utcnow
 
 AUDIT_TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
@@ -76,11 +77,20 @@ class SqliteAuditAppender:
     begin, execute and commit cost about a third of the event loop's CPU per consent check
     at 700 checks/s (py-spy). One multi-row INSERT per batch, because every sqlite3 call
     hands the GIL back and the loop must then win it again from any busy thread.
+
+    The connection has no busy timeout: SQLite's busy handler sleeps 1, 2, 5, 10 ms and
+    more between tries, so a 6 ms write elsewhere costs 8 ms of waiting, and on the event
+    loop a sleep stalls every request. While another connection (the log integrator,
+    the admin CLI, a second instance) holds the write lock, `write` raises WriterBusy
+    at once and writes nothing, so the caller retries on its own schedule.
     """
 
     def __init__(self, engine: Any) -> None:
         self._raw = engine.raw_connection()  # pooled, with the engine's pragmas applied
         self._db: Any = self._raw.driver_connection
+        self._db.execute("PRAGMA busy_timeout=0")
+        # Checkpoints fdatasync; on the loop that stalls every request (WalCheckpointer runs them).
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
         columns = [c for c in AUDIT_TABLE.columns if not c.primary_key]
         dialect = engine.dialect
         self._names = tuple(c.name for c in columns)
@@ -92,7 +102,12 @@ class SqliteAuditAppender:
         if count == 0:
             return
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise WriterBusy("another connection holds the SQLite write lock") from exc
+            raise
         try:
             end = db.execute(_BUMP_SQL, (count,)).fetchone()[0]
             bound = [
@@ -108,7 +123,14 @@ class SqliteAuditAppender:
             raise
 
     def close(self) -> None:
+        # Back to the pool as it came.
+        self._db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_BACKSTOP_PAGES}")
         self._raw.close()
+
+
+class WriterBusy(Exception):
+    """SQLite's write lock is held elsewhere; nothing was written, try again shortly."""
 
 
 def _same(value: Any) -> Any:

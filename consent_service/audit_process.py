@@ -1,0 +1,169 @@
+"""The SQLite audit appender in a child process, fed over a pipe by the API process's event loop.
+
+Every consent check commits an audit row before it answers. Committing on the
+event loop cost about 0.15 ms of the loop's CPU per row at 1,500 checks/s
+(measured here: 160-250 ms a second of SQLite and JSON work), while the loop was
+the bottleneck at 96% of a core. A writer thread did not help: it needs the GIL
+for the Python half of every commit and hands it back on every SQLite call.
+Here the loop only pickles plain tuples and writes them to a pipe, about 20 µs
+a batch. The child builds the rows and commits them on the other core, and
+answers each batch; a request still answers only after its rows are committed.
+
+If the child dies, its batches fail with AuditUnavailable (nothing was
+decided without an audit row), and the next batch starts a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from consent_service.services.changes import Event
+
+log = logging.getLogger(__name__)
+_BUSY_RETRY_SECONDS = 0.0002
+
+Groups = list[tuple[list[Event], int | None]]
+_Wire = list[tuple[list[tuple[Any, ...]], int | None]]
+
+
+def to_wire(groups: Groups) -> _Wire:
+    """Plain tuples: several times cheaper to pickle than the dataclasses."""
+    return [
+        ([(e.action, e.actor_id, e.subject_id, e.decision, e.reason, e.details) for e in events], revision)
+        for events, revision in groups
+    ]
+
+
+def from_wire(wire: _Wire) -> Groups:
+    return [([Event(*fields) for fields in events], revision) for events, revision in wire]
+
+
+class AppenderProcess:
+    """The parent's end: one batch in flight at a time, its answer read by the event loop."""
+
+    def __init__(self, *, url: str, sqlite_synchronous: str) -> None:
+        self._url = url
+        self._sync = sqlite_synchronous
+        self._ctx = multiprocessing.get_context("spawn")
+        self._conn: Any = None
+        self._process: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_done: Callable[[str | None], None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def start(self) -> None:
+        parent, child = self._ctx.Pipe(duplex=True)
+        self._process = self._ctx.Process(
+            target=run,
+            kwargs={"url": self._url, "sqlite_synchronous": self._sync, "conn": child, "parent": os.getpid()},
+            name="consent-audit-appender",
+            daemon=True,
+        )
+        self._process.start()
+        child.close()
+        self._conn = parent
+
+    def send(
+        self, groups: Groups, *, loop: asyncio.AbstractEventLoop, on_done: Callable[[str | None], None]
+    ) -> None:
+        """Hand a batch to the child; `on_done(error)` runs on the loop once it is committed or failed."""
+        if self._conn is None:
+            self.start()
+        if self._loop is not loop:
+            if self._loop is not None:
+                self._loop.remove_reader(self._conn.fileno())
+            loop.add_reader(self._conn.fileno(), self._readable)
+            self._loop = loop
+        self._on_done = on_done
+        try:
+            self._conn.send(to_wire(groups))
+        except (OSError, ValueError):
+            self._lost("the audit appender process is gone")
+
+    def _readable(self) -> None:
+        try:
+            error = self._conn.recv()
+        except (EOFError, OSError):
+            self._lost("the audit appender process exited")
+            return
+        self._finish(error)
+
+    def _finish(self, error: str | None) -> None:
+        done, self._on_done = self._on_done, None
+        if done is not None:
+            done(error)
+
+    def _lost(self, why: str) -> None:
+        log.error("%s; starting another for the next batch", why)
+        self._close()
+        self._finish(why)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._conn.fileno())
+                self._loop = None
+            self._conn.close()
+            self._conn = None
+        if self._process is not None:
+            self._process.join(timeout=0.1)
+            if self._process.is_alive():
+                self._process.terminate()
+            self._process = None
+
+    def stop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._conn.send(None)
+            if self._process is not None:
+                self._process.join(timeout=10)
+        self._close()
+
+
+def run(*, url: str, sqlite_synchronous: str, conn: Any, parent: int) -> None:
+    """The child: commit each batch received, answer None or the error, until told to stop."""
+    from consent_service.db import SQLITE_BUSY_TIMEOUT_MS, make_engine
+    from consent_service.services.changes import SqliteAuditAppender, WriterBusy
+
+    logging.basicConfig(level=logging.WARNING)
+    engine = make_engine(url, sqlite_synchronous=sqlite_synchronous)
+    appender = SqliteAuditAppender(engine)
+    try:
+        while True:
+            # A parent killed without a chance to stop us closes the pipe: EOFError.
+            try:
+                wire = conn.recv()
+            except (EOFError, OSError):
+                return
+            if wire is None or os.getppid() != parent:
+                return
+            try:
+                groups = from_wire(wire)
+                give_up = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+                while True:
+                    try:
+                        appender.write(groups)
+                        break
+                    except WriterBusy:
+                        # Finer than SQLite's own busy handler: the writer ahead of us
+                        # (the log integrator) holds the lock for a few milliseconds.
+                        if time.monotonic() > give_up:
+                            raise
+                        time.sleep(_BUSY_RETRY_SECONDS)
+                conn.send(None)
+            except Exception as exc:
+                log.exception("audit batch failed")
+                conn.send(f"{type(exc).__name__}: {exc}")
+    finally:
+        appender.close()
+        engine.dispose()

@@ -1,0 +1,219 @@
+"""The SQLite default's helper processes: the audit appender child and the housekeeper.
+
+Each test starts real spawned processes over a real database file; none stubs them.
+"""
+
+import asyncio
+import fcntl
+import itertools
+import os
+import shutil
+import signal
+import sqlite3
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session, func, select
+
+from consent_service.app import create_app
+from consent_service.audit_writer import AuditWriter
+from consent_service.db import make_engine
+from consent_service.errors import AuditUnavailable
+from consent_service.housekeeping import HousekeeperProcess
+from consent_service.models import AuditEvent, LogCheckpoint
+from consent_service.services.changes import Event
+from consent_service.settings import Settings
+from tests.conftest import Api, bootstrap_admin, full_log_check
+
+
+@pytest.fixture
+def sqlite_url(tmp_path, sqlite_template) -> str:
+    shutil.copy(sqlite_template, tmp_path / "consent.db")
+    return f"sqlite:///{tmp_path}/consent.db"
+
+
+@pytest.fixture
+def process_settings(tmp_path, sqlite_url) -> Settings:
+    """The default layout (SQLite only: PostgreSQL keeps both in threads)."""
+    return Settings(
+        environment="test",
+        database_url=sqlite_url,
+        data_dir=tmp_path / "data",
+        housekeeping="process",
+        audit_writer="process",
+        log_integrate_interval_seconds=0.2,
+    )
+
+
+def _checks(n: int, *, prefix: str = "a") -> list[list[Event]]:
+    return [
+        [Event("consent.check", f"{prefix}{i}", f"s{i}", decision="allow", reason="granted")]
+        for i in range(n)
+    ]
+
+
+def _actors(engine) -> list[str]:
+    with Session(engine) as s:
+        return sorted(r.actor_id for r in s.exec(select(AuditEvent)).all())
+
+
+def test_offloaded_writer_commits_every_row_before_answering(sqlite_url):
+    engine = make_engine(sqlite_url)
+    writer = AuditWriter(engine, offload=True)
+    writer.start()
+    answered: list[int] = []
+
+    async def one(i: int, events: list[Event]) -> None:
+        await writer.append(events, revision=4)
+        # The row is in the database, visible to another connection, before the answer.
+        with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
+            assert db.execute(
+                "SELECT count(*) FROM audit_event WHERE actor_id = ?", (f"a{i}",)
+            ).fetchone() == (1,)
+        answered.append(i)
+
+    async def many() -> None:
+        await asyncio.gather(*[one(i, events) for i, events in enumerate(_checks(60))])
+
+    asyncio.run(many())
+    child = writer._child
+    assert child is not None and child.pid not in (None, os.getpid())
+    writer.stop()
+    assert sorted(answered) == list(range(60))
+    assert _actors(engine) == sorted(f"a{i}" for i in range(60))
+    with Session(engine) as s:
+        seqs = sorted(r.seq for r in s.exec(select(AuditEvent)).all())
+    assert seqs == list(range(60))  # dense log positions, as on the event loop
+    engine.dispose()
+
+
+def test_offloaded_writer_fails_closed_when_its_process_dies_then_recovers(sqlite_url):
+    engine = make_engine(sqlite_url)
+    writer = AuditWriter(engine, offload=True)
+    writer.start()
+    asyncio.run(writer.append(_checks(1, prefix="before")[0], revision=1))
+    child = writer._child
+    assert child is not None and child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    with pytest.raises(AuditUnavailable):
+        asyncio.run(writer.append(_checks(1, prefix="lost")[0], revision=1))
+    asyncio.run(writer.append(_checks(1, prefix="after")[0], revision=1))  # a new process took over
+    writer.stop()
+    assert _actors(engine) == ["after0", "before0"]
+    engine.dispose()
+
+
+def test_offloaded_writer_reports_a_failed_commit(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path}/empty.db")  # no tables: every insert fails
+    writer = AuditWriter(engine, offload=True)
+    writer.start()
+    with pytest.raises(AuditUnavailable):
+        asyncio.run(writer.append(_checks(1)[0], revision=1))
+    writer.stop()
+
+
+def test_loop_writer_waits_for_another_process_without_blocking_the_loop(sqlite_url):
+    """A writer elsewhere holds SQLite's lock: the batch retries from the loop, which keeps running."""
+    engine = make_engine(sqlite_url)
+    writer = AuditWriter(engine)
+    writer.start()
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    ticks: list[float] = []
+
+    async def scenario() -> float:
+        append = asyncio.ensure_future(writer.append(_checks(1)[0], revision=1))
+        started = time.monotonic()
+        while time.monotonic() - started < 0.15:
+            await asyncio.sleep(0.005)
+            ticks.append(time.monotonic())
+        assert not append.done()  # still waiting for the lock
+        other.execute("ROLLBACK")
+        await append
+        return time.monotonic() - started
+
+    took = asyncio.run(scenario())
+    writer.stop()
+    other.close()
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert len(ticks) >= 10 and max(gaps) < 0.1, "the event loop was blocked while the lock was held"
+    assert took < 5
+    assert _actors(engine) == ["a0"]
+    engine.dispose()
+
+
+def _lock_is_held(path) -> bool:
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def test_one_housekeeper_per_data_dir_integrates_the_log(process_settings, sqlite_url):
+    settings = process_settings
+    engine = make_engine(sqlite_url)
+    writer = AuditWriter(engine)
+    writer.start()
+
+    async def write() -> None:
+        await asyncio.gather(*[writer.append(events, revision=1) for events in _checks(25)])
+
+    asyncio.run(write())
+    writer.stop()
+    first, second = HousekeeperProcess(settings), HousekeeperProcess(settings)
+    first.start()
+    second.start()
+    lock = settings.data_dir / "housekeeping.lock"
+    try:
+        deadline = time.monotonic() + 60
+        size = 0
+        while time.monotonic() < deadline and size < 25:
+            time.sleep(0.1)
+            with Session(engine) as s:
+                size = s.exec(select(func.max(LogCheckpoint.tree_size))).one() or 0
+        assert size == 25
+        assert _lock_is_held(lock)
+        first.stop()
+        # The standby takes over: new rows still get integrated.
+        writer = AuditWriter(engine)
+        writer.start()
+        asyncio.run(writer.append(_checks(1, prefix="late")[0], revision=1))
+        writer.stop()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and size < 26:
+            time.sleep(0.1)
+            with Session(engine) as s:
+                size = s.exec(select(func.max(LogCheckpoint.tree_size))).one() or 0
+        assert size == 26
+    finally:
+        first.stop()
+        second.stop()
+    assert not _lock_is_held(lock)
+    engine.dispose()
+
+
+def test_the_default_process_layout_serves_checks_end_to_end(process_settings, sqlite_url):
+    """What `make run` starts: audit rows through the appender child, the log through the housekeeper."""
+    settings = process_settings
+    admin_key = bootstrap_admin(sqlite_url)
+    with TestClient(create_app(settings)) as client:
+        api = Api(client=client, settings=settings, admin_key=admin_key, keys={"root": admin_key})
+        api.principal("plat", kind="platform")
+        api.user_with_cameo("owner", audience="everyone")
+        api.principal("fan")
+        r = api.check("fan", ["owner"])
+        assert r.status_code == 200 and r.json()["allowed"] and r.json()["receipt"]
+        log = client.app.state.runtime.log  # type: ignore[attr-defined]
+        assert log._thread is None  # this process does not integrate
+        deadline = time.monotonic() + 60
+        status = 404
+        while time.monotonic() < deadline and status != 200:
+            time.sleep(0.1)
+            status = client.get("/v1/log/checkpoint").status_code
+        assert status == 200  # signed by the housekeeper
+        full_log_check(log)
