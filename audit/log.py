@@ -11,6 +11,7 @@ import base64
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,6 +28,7 @@ from consent_service.models import AuditEvent, LogCheckpoint, LogCosignature, Lo
 log = logging.getLogger(__name__)
 _ADVISORY_KEY = 0x6C6F67  # one integrator at a time across instances sharing PostgreSQL
 _BLOCK = 4096
+_STEPS_PER_CHECKPOINT = 5
 
 
 class Waitable(Protocol):
@@ -99,16 +101,18 @@ class TransparencyLog:
         self._thread: threading.Thread | None = None
 
     # -- integration -----------------------------------------------------
-    def integrate(self, *, max_leaves: int = 100_000) -> int | None:
-        """Add newly committed entries to the tree and sign a checkpoint; returns the new size.
+    def integrate(self, *, max_leaves: int = 100_000, sign: bool = True) -> int | None:
+        """Add newly committed entries to the tree, and sign a checkpoint; returns the new size.
 
         Reading, hashing and signing happen before the write transaction: on
-        SQLite every writer of the process queues on one lock, the audit writer
-        that each consent check waits for included, so the lock is held only to
-        insert the finished nodes and checkpoint.
+        SQLite there is one writer at a time, the audit writer that each consent
+        check waits for included, so the lock is held only to insert the finished
+        nodes and checkpoint. `sign=False` adds the nodes only; a later call signs
+        a checkpoint over everything integrated by then, new entries or not.
         """
         with Session(self.engine) as session:
-            size = self._published_size(session)
+            size = self._integrated_size(session)
+            published = self._published_size(session)
             rows = session.execute(
                 select(col(AuditEvent.seq), col(AuditEvent.entry))
                 .where(col(AuditEvent.seq) >= size)
@@ -120,27 +124,33 @@ class TransparencyLog:
                 if seq != expected:
                     break  # a gap cannot commit before what precedes it; stop and retry later
                 entries.append(entry.encode())
-            if not entries:
+            if not entries and not (sign and size > published):
                 return None
             frontier = tree.Frontier(size, _fetch(session, set(tree.Frontier.coords(size))))
-            self._check_extends(session, size)
+            self._check_extends(session, published)
         created = frontier.append(entries)
         new_size, new_root = frontier.size, frontier.root()
-        note = self.signer.sign(checkpoint_body(self.origin, new_size, new_root))
+        note = self.signer.sign(checkpoint_body(self.origin, new_size, new_root)) if sign else None
         with write_connection(self.engine) as conn:
             if self.engine.dialect.name == "postgresql":
                 got = conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
                 if not got.scalar_one():
                     return None  # another instance is integrating right now
-            if self._published_size(conn) != size:
+            if self._integrated_size(conn) != size:
                 return None  # another instance integrated first; the next round builds on its tree
             insert_values(conn, table=LogNode.__table__, columns=("level", "idx", "hash"), rows=created)  # type: ignore[attr-defined]
-            conn.execute(
-                insert(LogCheckpoint),
-                {"tree_size": new_size, "root_hash": new_root, "note": note, "created_at": utcnow()},
-            )
+            if note is not None:
+                conn.execute(
+                    insert(LogCheckpoint),
+                    {"tree_size": new_size, "root_hash": new_root, "note": note, "created_at": utcnow()},
+                )
             conn.commit()
             return new_size
+
+    def _integrated_size(self, session: Session | Connection) -> int:
+        """Leaves in the stored tree: the published size, or more when nodes went in unsigned."""
+        last = session.execute(select(func.max(LogNode.idx)).where(LogNode.level == 0)).scalar_one()
+        return 0 if last is None else int(last) + 1
 
     def _check_extends(self, session: Session, previous: int) -> None:
         """Never sign a tree that does not contain the last signed one."""
@@ -163,14 +173,22 @@ class TransparencyLog:
         self._thread.start()
 
     def run(self, *, interval: float, stop: Waitable, alive: Callable[[], bool] = lambda: True) -> None:
-        """Integrate every `interval` seconds until `stop` is set or `alive()` turns false."""
-        # One checkpoint per interval. Looping until nothing is new would, under
-        # steady load, integrate a handful of rows at a time back to back.
-        while not stop.wait(interval) and alive():
+        """Sign a checkpoint every `interval` seconds until `stop` is set or `alive()` turns false.
+
+        Between checkpoints, new entries go into the tree in smaller steps: one step
+        per second at 1,500 checks/s inserted about 3,000 nodes and held SQLite's
+        write lock 6-11 ms, long enough to show in the consent checks' p99.
+        """
+        step = interval / _STEPS_PER_CHECKPOINT
+        signed_at = time.monotonic()
+        while not stop.wait(step) and alive():
+            due = time.monotonic() - signed_at >= interval - step / 2
             try:
-                self.integrate()
+                self.integrate(sign=due)
             except Exception:
                 log.exception("log integration failed; retrying")
+            if due:
+                signed_at = time.monotonic()
 
     def stop(self) -> None:
         self._stop.set()

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, Table, event
 from sqlmodel import Session, create_engine
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-AUTOCHECKPOINT_BACKSTOP_PAGES = 20_000
+AUTOCHECKPOINT_BACKSTOP_PAGES = 65_536  # above WalCheckpointer's restart_pages: never first
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Execution option that opens a SQLite transaction with the write lock (see write_transaction).
 WRITE_OPTION = "sqlite_write"
@@ -83,7 +83,8 @@ class WalCheckpointer:
 
     So each round, once the WAL passes `restart_pages` (128 MB at 4 KB pages):
     1. a PASSIVE checkpoint copies the bulk with no lock held, and the database
-       file is fdatasync'ed here, so the pages it copied are on disk already;
+       file is fdatasync'ed here, so the pages it copied are on disk already; a
+       second such pass copies what was committed during the first;
     2. then a second connection takes the write lock (BEGIN IMMEDIATE with a
        20 ms busy timeout: every writer of every process waits, the audit writer
        without blocking its event loop) while another PASSIVE checkpoint copies
@@ -124,14 +125,16 @@ class WalCheckpointer:
         raw, holder = self._engine.raw_connection(), self._engine.raw_connection()
         try:
             db: Any = raw.driver_connection
-            _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if frames < self._restart_pages:
                 return False
-            fd = os.open(db.execute("PRAGMA database_list").fetchone()[2], os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
+            path = db.execute("PRAGMA database_list").fetchone()[2]
+            _fdatasync(path)
+            # Each unlocked pass leaves only what was committed while it ran; a second one
+            # leaves the locked pass a few hundred kilobytes to copy and sync.
+            if frames - copied > _LOCKED_PASS_FRAMES:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                _fdatasync(path)
             hold: Any = holder.driver_connection
             lock = writer_lock(self._engine)
             with lock if lock is not None else contextlib.nullcontext():
@@ -149,6 +152,17 @@ class WalCheckpointer:
         finally:
             holder.close()
             raw.close()
+
+
+_LOCKED_PASS_FRAMES = 64
+
+
+def _fdatasync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
