@@ -149,7 +149,7 @@ class TransparencyLog:
 
     def _integrated_size(self, session: Session | Connection) -> int:
         """Leaves in the stored tree: the published size, or more when nodes went in unsigned."""
-        last = session.execute(select(func.max(LogNode.idx)).where(LogNode.level == 0)).scalar_one()
+        last = session.execute(select(func.max(col(LogNode.idx))).where(col(LogNode.level) == 0)).scalar_one()
         return 0 if last is None else int(last) + 1
 
     def _check_extends(self, session: Session, previous: int) -> None:
