@@ -358,3 +358,44 @@ def test_likeness_revoked_since_tracks_each_kind_of_revocation():
     history = LikenessPolicy()
     history.note_history(7, [cameo("alice", "everyone")])  # unknown previous state: cautious
     assert history.revoked_since(owner_id="alice", actor_id="bob", revision=6)
+
+
+def test_compiled_matcher_agrees_with_pycasbins_evaluator():
+    """The bytecode matcher and pycasbin's SimpleEval give the same answer on every combination."""
+    import itertools
+
+    import casbin
+    from casbin.util.expression import SimpleEval
+
+    from policy.likeness import _CompiledMatcher, _not_expired, _purpose_allowed
+
+    policy = LikenessPolicy()
+    matcher = policy._enforcer.model["m"]["m"].value
+    expr = casbin.Enforcer._get_expression(matcher).expr
+    mutual = {("a", "o"), ("o", "a")}
+    functions = {
+        "isMutual": lambda x, y: (x, y) in mutual,
+        "purposeAllowed": _purpose_allowed,
+        "notExpired": _not_expired,
+    }
+    compiled, reference = _CompiledMatcher(expr, functions), SimpleEval(expr, functions)
+    seen = set()
+    for actor, owner, purpose, p_actor, p_owner, p_purpose, expires, now in itertools.product(
+        ["a", "b"],
+        ["o", "q"],
+        ["generate", "remix"],
+        ["a", "@everyone", "@others", "@mutuals", "z"],
+        ["o", "q"],
+        ["generate", "remix", "generate|remix", "*"],
+        ["", "100", "300"],
+        [50.0, 200.0, 400.0],
+    ):
+        names = {
+            "r_actor": actor, "r_owner": owner, "r_purpose": purpose, "r_now": now,
+            "p_actor": p_actor, "p_owner": p_owner, "p_purpose": p_purpose, "p_expires": expires,
+            "p_eft": "allow", "p_reason": "granted",
+        }  # fmt: skip
+        got = compiled.eval(names)
+        assert got == reference.eval(names), names
+        seen.add(got)
+    assert seen == {True, False}
