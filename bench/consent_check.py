@@ -39,6 +39,11 @@ def _pct(values: list[float], p: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 4)
 
 
+def _round_p99s(lat: list[float], rounds: int) -> list[float]:
+    size = len(lat) // rounds
+    return [_pct(lat[i * size : (i + 1) * size], 0.99) for i in range(rounds)]
+
+
 def in_process(size: int) -> dict:
     """One size, in this process: build, load, decide, then grant and revoke through the services."""
     from sqlmodel import Session
@@ -69,8 +74,8 @@ def in_process(size: int) -> dict:
     rng = random.Random(1)
     today, birth = date.today(), date(1990, 1, 1)
     lat, allowed = [], 0
-    n_checks = 20_000
-    for i in range(n_checks):
+    n_checks, rounds = 20_000, 5
+    for i in range(n_checks * rounds):
         if i % 2 == 0:
             owner, actor = data.granted[rng.randrange(len(data.granted))]
         else:
@@ -126,11 +131,14 @@ def in_process(size: int) -> dict:
         "load_s": round(load_s, 2),
         "rss_mb_before_load": round(rss_before),
         "rss_mb_after_load": round(rss_after),
+        # A decision takes tens of microseconds, where one timer interrupt or page fault
+        # moves a p99: it is taken per round of 20,000, and the median round reported.
         "decision": {
-            "n": n_checks,
+            "n": n_checks * rounds,
             "allowed": allowed,
             "p50_ms": _pct(lat, 0.5),
-            "p99_ms": _pct(lat, 0.99),
+            "p99_ms": statistics.median(round_p99s := _round_p99s(lat, rounds)),
+            "p99_ms_per_round": round_p99s,
             "mean_ms": round(statistics.fmean(lat) * 1000, 4),
         },
         "grant_service_sqlite": {
@@ -249,8 +257,8 @@ def http_load(rates: list[int], seconds: float, repeats: int = 3) -> dict:
     return {
         "grants": 100_000,
         "database": "sqlite",
-        "server": "uvicorn, 1 process; checks on the hot path; audit rows committed on the event loop "
-        "through one raw sqlite3 connection; GIL switch interval 0.5 ms",
+        "server": "uvicorn, 1 process, the default settings: checks on the hot path; audit rows committed "
+        "by the appender child process; log integration and WAL checkpoints in the housekeeper process",
         "seconds_per_rate": seconds,
         "repeats": repeats,
         "each_check": "1 cameo, audit row committed, Ed25519 receipt signed",
@@ -386,8 +394,8 @@ def main() -> None:
         print("pg", result["revocation_lag"], flush=True)
     if a.merge and RESULTS.exists():
         earlier = json.loads(RESULTS.read_text())
-        for section in ("in_process", "decision_p99_spread", "http", "revocation_lag"):
-            if section not in result and section in earlier:
+        for section in earlier:
+            if section not in result:
                 result[section] = earlier[section]
                 result.setdefault("kept_from_run_of", earlier["when"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,10 @@ Where the commit runs:
   background thread, so round trips and fsyncs never block the event loop.
 - SQLite by default (`offload`): a child process fed over a pipe
   (audit_process.py). Building and committing the rows cost the loop about
-  0.15 ms of CPU per check, a sixth of its time at 1,500 checks/s, and a thread
-  cannot take that work off the loop: it needs the GIL for the Python half and
-  hands it back on every SQLite call (measured: 15 ms per 16-row commit at
-  1,200 checks/s with CPython's 5 ms switch interval).
+  0.15 ms of CPU per check, a sixth to a quarter of its time at 1,500 checks/s,
+  and a thread cannot take that work off the loop: it needs the GIL for the
+  Python half and hands it back on every SQLite call (measured at 1,500
+  checks/s with a 0.5 ms switch interval: p99 122 ms against 19 ms inline).
 - SQLite without offload (tests, embedding): on the event loop itself, once
   per loop pass. While another connection holds SQLite's write lock the batch
   is retried from the loop every half millisecond instead of waiting in
