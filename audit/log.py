@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 _ADVISORY_KEY = 0x6C6F67  # one integrator at a time across instances sharing PostgreSQL
 _BLOCK = 4096
 _STEPS_PER_CHECKPOINT = 5
+_RACE_RETRIES = 20
+
+
+class _Lost:
+    """Another integrator changed the tree while this one was working."""
+
+
+_LOST = _Lost()
 
 
 class Waitable(Protocol):
@@ -104,12 +112,22 @@ class TransparencyLog:
     def integrate(self, *, max_leaves: int = 100_000, sign: bool = True) -> int | None:
         """Add newly committed entries to the tree, and sign a checkpoint; returns the new size.
 
-        Reading, hashing and signing happen before the write transaction: on
-        SQLite there is one writer at a time, the audit writer that each consent
-        check waits for included, so the lock is held only to insert the finished
-        nodes and checkpoint. `sign=False` adds the nodes only; a later call signs
-        a checkpoint over everything integrated by then, new entries or not.
+        None means there was nothing to do. Reading, hashing and signing happen
+        before the write transaction: on SQLite there is one writer at a time, the
+        audit writer that each consent check waits for included, so the lock is
+        held only to insert the finished nodes and checkpoint. `sign=False` adds
+        the nodes only; a later call signs a checkpoint over everything integrated
+        by then, new entries or not. When another integrator (a thread, another
+        instance) changed the tree meanwhile, the work is redone on its tree.
         """
+        for _ in range(_RACE_RETRIES):
+            result = self._integrate_once(max_leaves=max_leaves, sign=sign)
+            if not isinstance(result, _Lost):
+                return result
+            time.sleep(0.01)
+        return None
+
+    def _integrate_once(self, *, max_leaves: int, sign: bool) -> int | _Lost | None:
         with Session(self.engine) as session:
             size = self._integrated_size(session)
             published = self._published_size(session)
@@ -135,9 +153,9 @@ class TransparencyLog:
             if self.engine.dialect.name == "postgresql":
                 got = conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
                 if not got.scalar_one():
-                    return None  # another instance is integrating right now
-            if self._integrated_size(conn) != size:
-                return None  # another instance integrated first; the next round builds on its tree
+                    return _LOST  # another integrator is writing right now
+            if self._integrated_size(conn) != size or self._published_size(conn) != published:
+                return _LOST  # another integrator went first
             insert_values(conn, table=LogNode.__table__, columns=("level", "idx", "hash"), rows=created)  # type: ignore[attr-defined]
             if note is not None:
                 conn.execute(
