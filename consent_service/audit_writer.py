@@ -30,7 +30,7 @@ from concurrent.futures import Future
 
 from sqlalchemy import Engine
 
-from consent_service.audit_process import AppenderProcess
+from consent_service.audit_process import MAX_BATCH_ROWS, AppenderProcess
 from consent_service.db import SQLITE_BUSY_TIMEOUT_MS, write_connection, writer_lock
 from consent_service.errors import AuditUnavailable
 from consent_service.services.changes import Event, SqliteAuditAppender, WriterBusy, write_event_groups
@@ -149,7 +149,12 @@ class AuditWriter:
     def _send(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hand the pending rows to the child; rows that arrive meanwhile form the next batch."""
         assert self._child is not None
-        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+        count = rows = 0
+        for events, _, _ in self._pending:
+            if count and rows + len(events) > MAX_BATCH_ROWS:
+                break
+            count, rows = count + 1, rows + len(events)
+        batch, self._pending = self._pending[:count], self._pending[count:]
         self._in_flight = batch
         try:
             self._child.send(

@@ -88,6 +88,44 @@ def test_offloaded_writer_commits_every_row_before_answering(sqlite_url):
     engine.dispose()
 
 
+def test_offloaded_writer_sends_batches_that_fit_a_pipe_buffer(sqlite_url):
+    """Many waiting requests of several rows each: batches of at most MAX_BATCH_ROWS rows, all committed."""
+    from consent_service.audit_process import MAX_BATCH_ROWS
+
+    engine = make_engine(sqlite_url)
+    writer = AuditWriter(engine, offload=True)
+    writer.start()
+    child = writer._child
+    assert child is not None
+    sent: list[int] = []
+    original = child.send
+
+    def counting_send(groups, **kw):
+        sent.append(sum(len(events) for events, _ in groups))
+        original(groups, **kw)
+
+    child.send = counting_send  # type: ignore[method-assign]
+    requests = [
+        [
+            Event("consent.check", f"r{i}", f"s{i}.{j}", decision="deny", reason="not_granted")
+            for j in range(3)
+        ]
+        for i in range(150)
+    ]
+
+    async def many() -> None:
+        await asyncio.gather(*[writer.append(events, revision=2) for events in requests])
+
+    asyncio.run(many())
+    writer.stop()
+    assert sum(sent) == 450 and max(sent) <= MAX_BATCH_ROWS and len(sent) >= 3
+    with Session(engine) as s:
+        rows = s.exec(select(AuditEvent)).all()
+    assert sorted(r.seq for r in rows) == list(range(450))
+    assert len({r.actor_id for r in rows}) == 150
+    engine.dispose()
+
+
 def test_offloaded_writer_fails_closed_when_its_process_dies_then_recovers(sqlite_url):
     engine = make_engine(sqlite_url)
     writer = AuditWriter(engine, offload=True)
