@@ -205,24 +205,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.verifications.submit(attempt_id)
         runtime.audit.start()
         runtime.webhooks.start()
-        housekeeper = HousekeeperProcess(settings) if settings.housekeeping == "process" else None
-        checkpointer = WalCheckpointer(runtime.engine)
-        if housekeeper is not None:
-            housekeeper.start()
+        upkeep: HousekeeperProcess | WalCheckpointer
+        if settings.housekeeping == "process":
+            upkeep = HousekeeperProcess(settings)  # integrates the log and checkpoints SQLite
         else:
             runtime.log.start(interval=settings.log_integrate_interval_seconds)
-            checkpointer.start()
+            upkeep = WalCheckpointer(runtime.engine)
+        upkeep.start()
         app.state.runtime = runtime
         log.info("consent service ready at revision %s", runtime.replica.policy.revision)
         try:
             yield
         finally:
-            checkpointer.stop()
             runtime.jobs.stop()
             runtime.verifications.stop()
             runtime.webhooks.stop()
-            if housekeeper is not None:
-                housekeeper.stop()
+            upkeep.stop()
             runtime.log.stop()
             runtime.audit.stop()
             runtime.replica.stop()

@@ -66,10 +66,6 @@ class HousekeeperProcess:
             self._process.join(timeout=5)
         self._process = None
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
-
 
 def run(*, settings: Settings, stop: Any, parent: int) -> None:
     """The child's body: wait for the lock, then integrate and checkpoint until stopped or orphaned."""

@@ -95,9 +95,6 @@ class _CompiledMatcher:
     parsed, so compiling it admits no input as code."""
 
     def __init__(self, expr: str, functions: dict[str, Any]) -> None:
-        from casbin.util.expression import SimpleEval
-
-        SimpleEval(expr, functions)  # the same parse and syntax errors as pycasbin's own
         self._code = compile(expr.strip(), "<likeness matcher>", "eval")
         self._globals: dict[str, Any] = {"__builtins__": {}, **(functions or {})}
 
@@ -115,7 +112,7 @@ class _CachedExpressionEnforcer(casbin.Enforcer):
     def _get_expression(self, expr: str, functions: Any = None) -> Any:
         cache = self.__dict__.setdefault("_expr_cache", {})
         if expr not in cache:
-            # pycasbin's own rewriting of && || ! first, then our compilation.
+            # pycasbin's own rewriting of && || ! and its parse (its syntax errors) first.
             cache[expr] = _CompiledMatcher(casbin.Enforcer._get_expression(expr, functions).expr, functions)
         return cache[expr]
 
