@@ -280,3 +280,23 @@ def test_app_applies_the_gil_switch_interval(settings):
             assert sys.getswitchinterval() == pytest.approx(0.002)
     finally:
         sys.setswitchinterval(before)
+
+
+def test_new_sqlite_databases_get_small_pages_and_old_ones_keep_theirs(tmp_path):
+    """Half-size pages halve the WAL a check writes; SQLite can set them only on a new file."""
+    import sqlite3
+
+    from consent_service.db import SQLITE_PAGE_SIZE, migrate
+
+    migrate(f"sqlite:///{tmp_path}/new.db")
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute("CREATE TABLE t (x)")
+    old.close()
+    for name, expected in (("new.db", SQLITE_PAGE_SIZE), ("old.db", 4096)):
+        engine = make_engine(f"sqlite:///{tmp_path}/{name}")
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == expected
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+        engine.dispose()
+    assert SQLITE_PAGE_SIZE < 4096
