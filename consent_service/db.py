@@ -23,10 +23,11 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A commit appends every page it changed to the WAL, whole, and the WAL checkpoints
 # copy them back and fsync. An audit row for a consent check changes seven pages (the
 # table, five indexes, the sequence counter), so at SQLite's default 4 KB a check cost
-# 28 KB of WAL. Half-size pages halve that; measured at 1,500 checks/s, p99 over four
-# interleaved pairs of three runs: 9.0 ms median against 11.6 ms. 1 KB pages measured no
-# better, and a check's row (about 760 bytes) is near their 990-byte limit before a row
-# spills into overflow pages. SQLite fixes the page size when it creates a file: an
+# 28 KB of WAL. Half-size pages halve that. Measured at 1,500 checks/s, median p99 of
+# three runs, interleaved: 9.1 and 9.0 ms against 11.6 and 13.7 ms at 4 KB; and in
+# bench/consent_check.py, 13.1 ms against 20.2 ms. 1 KB pages measured no better, and a
+# check's row (about 760 bytes) is near their 990-byte limit before it spills into
+# overflow pages. SQLite fixes the page size when it creates a file: an
 # existing database keeps its own until a VACUUM.
 SQLITE_PAGE_SIZE = 2048
 # Execution option that opens a SQLite transaction with the write lock (see write_transaction).
