@@ -24,8 +24,9 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # copy them back and fsync. An audit row for a consent check changes seven pages (the
 # table, five indexes, the sequence counter), so at SQLite's default 4 KB a check cost
 # 28 KB of WAL. Half-size pages halve that. Measured at 1,500 checks/s, median p99 of
-# three runs, interleaved: 9.1 and 9.0 ms against 11.6 and 13.7 ms at 4 KB; and in
-# bench/consent_check.py, 13.1 ms against 20.2 ms. 1 KB pages measured no better, and a
+# three runs, interleaved: 9.1 and 9.0 ms against 11.6 and 13.7 ms at 4 KB; in
+# bench/consent_check.py, 13.1 against 20.2 ms in a busy hour, and 6.1 and 7.0 against
+# 7.3 ms (within the noise) in a quiet one. 1 KB pages measured no better, and a
 # check's row (about 760 bytes) is near their 990-byte limit before it spills into
 # overflow pages. SQLite fixes the page size when it creates a file: an
 # existing database keeps its own until a VACUUM.

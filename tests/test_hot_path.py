@@ -292,11 +292,12 @@ def test_new_sqlite_databases_get_small_pages_and_old_ones_keep_theirs(tmp_path)
     old = sqlite3.connect(tmp_path / "old.db")
     old.execute("PRAGMA journal_mode=WAL")
     old.execute("CREATE TABLE t (x)")
+    old_size = old.execute("PRAGMA page_size").fetchone()[0]
     old.close()
-    for name, expected in (("new.db", SQLITE_PAGE_SIZE), ("old.db", 4096)):
+    assert old_size != SQLITE_PAGE_SIZE  # SQLite's own default, 4 KB
+    for name, expected in (("new.db", SQLITE_PAGE_SIZE), ("old.db", old_size)):
         engine = make_engine(f"sqlite:///{tmp_path}/{name}")
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == expected
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
         engine.dispose()
-    assert SQLITE_PAGE_SIZE < 4096
