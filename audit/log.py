@@ -3,6 +3,15 @@
 Appending happens in the writers' own transactions (consent_service.services.changes
 reserves a dense `seq` per row). This module only reads those rows, so
 appending, integrating, reading and verifying stay separate.
+
+The entries and the signed checkpoints are the record. The Merkle tree's nodes
+are derived from the entries, and beside a SQLite database they live in a file
+of their own (`consent.tree.db` next to `consent.db`): SQLite has one writer
+per file, and inserting a second's worth of nodes held that lock for 2-10 ms,
+during which every consent check's audit commit waited. In a file of their own
+they take only the tree's lock. On PostgreSQL, with row locks, they stay in the
+database. A lost or deleted tree file is rebuilt from the entries, and the
+rebuilt tree must hash to the last signed checkpoint before anything new is signed.
 """
 
 from __future__ import annotations
@@ -13,7 +22,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, text
@@ -21,8 +32,8 @@ from sqlmodel import Session, col
 
 from audit import tree
 from audit.notes import CosignatureInvalid, NoteSigner, WitnessKey, checkpoint_body
-from consent_service.db import insert_values, write_connection, write_transaction
-from consent_service.errors import CheckpointNotFound, CosignatureRejected, LogRequestInvalid
+from consent_service.db import insert_values, make_engine, write_connection, write_transaction
+from consent_service.errors import CheckpointNotFound, CosignatureRejected, LogRequestInvalid, LogTreeBehind
 from consent_service.models import AuditEvent, LogCheckpoint, LogCosignature, LogNode, utcnow
 
 log = logging.getLogger(__name__)
@@ -30,6 +41,9 @@ _ADVISORY_KEY = 0x6C6F67  # one integrator at a time across instances sharing Po
 _BLOCK = 4096
 _STEPS_PER_CHECKPOINT = 5
 _RACE_RETRIES = 20
+# SQLite's default: the tree file checkpoints inside the integrator's own commits,
+# which wait for nobody's request.
+_TREE_AUTOCHECKPOINT_PAGES = 1000
 
 
 class _Lost:
@@ -62,6 +76,21 @@ def _fetch(session: Session, coords: set[tree.Coord]) -> dict[tree.Coord, bytes]
     where = or_(*(and_(col(LogNode.level) == lv, col(LogNode.idx).in_(ids)) for lv, ids in by_level.items()))
     rows = session.execute(select(col(LogNode.level), col(LogNode.idx), col(LogNode.hash)).where(where)).all()
     return {(level, idx): bytes(h) for level, idx, h in rows}
+
+
+def tree_engine_for(engine: Engine) -> Engine:
+    """Where the tree's nodes live: a SQLite file beside a SQLite database, else the database itself."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return engine
+    path = Path(database)
+    nodes = make_engine(
+        f"sqlite:///{path.with_name(f'{path.stem}.tree{path.suffix}').as_posix()}",
+        autocheckpoint_pages=_TREE_AUTOCHECKPOINT_PAGES,
+    )
+    # A derived file, rebuilt from the entries when missing; it has no migrations of its own.
+    LogNode.__table__.create(nodes, checkfirst=True)  # type: ignore[attr-defined]
+    return nodes
 
 
 def _getter(nodes: dict[tree.Coord, bytes]) -> tree.NodeGetter:
@@ -102,6 +131,7 @@ class TransparencyLog:
 
     def __init__(self, engine: Engine, *, signer: NoteSigner, witnesses: tuple[WitnessKey, ...] = ()) -> None:
         self.engine = engine
+        self.tree_engine = tree_engine_for(engine)
         self.signer = signer
         self.origin = signer.name
         self._witnesses = {w.name: w for w in witnesses}
@@ -128,9 +158,14 @@ class TransparencyLog:
         return None
 
     def _integrate_once(self, *, max_leaves: int, sign: bool) -> int | _Lost | None:
-        with Session(self.engine) as session:
-            size = self._integrated_size(session)
+        with Session(self.engine) as session, Session(self.tree_engine) as nodes:
+            size = self._integrated_size(nodes)
             published = self._published_size(session)
+            rebuilding = size < published
+            if rebuilding:
+                # The tree lost nodes that a checkpoint covers (a deleted tree file): rebuild
+                # up to that checkpoint, unsigned, and prove it equal before going further.
+                max_leaves, sign = min(max_leaves, published - size), False
             rows = session.execute(
                 select(col(AuditEvent.seq), col(AuditEvent.entry))
                 .where(col(AuditEvent.seq) >= size)
@@ -144,40 +179,58 @@ class TransparencyLog:
                 entries.append(entry.encode())
             if not entries and not (sign and size > published):
                 return None
-            frontier = tree.Frontier(size, _fetch(session, set(tree.Frontier.coords(size))))
-            self._check_extends(session, published)
+            frontier = tree.Frontier(size, _fetch(nodes, set(tree.Frontier.coords(size))))
+            if not rebuilding:
+                self._check_extends(session, nodes, published)
         created = frontier.append(entries)
         new_size, new_root = frontier.size, frontier.root()
+        if rebuilding and new_size == published:
+            self._check_rebuilt(published, new_root)
         note = self.signer.sign(checkpoint_body(self.origin, new_size, new_root)) if sign else None
-        with write_connection(self.engine) as conn:
-            if self.engine.dialect.name == "postgresql":
+        # The nodes commit first and the checkpoint after, each under its own file's write
+        # lock: a checkpoint is never stored over nodes that are not, and nodes stored
+        # without one are what `sign=False` leaves anyway.
+        with write_connection(self.tree_engine) as conn:
+            if self.tree_engine.dialect.name == "postgresql":
                 got = conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
                 if not got.scalar_one():
                     return _LOST  # another integrator is writing right now
-            if self._integrated_size(conn) != size or self._published_size(conn) != published:
+            if self._integrated_size(conn) != size:
                 return _LOST  # another integrator went first
             insert_values(conn, table=LogNode.__table__, columns=("level", "idx", "hash"), rows=created)  # type: ignore[attr-defined]
-            if note is not None:
-                conn.execute(
-                    insert(LogCheckpoint),
-                    {"tree_size": new_size, "root_hash": new_root, "note": note, "created_at": utcnow()},
-                )
             conn.commit()
+        if note is None:
             return new_size
+        with write_connection(self.engine) as conn:
+            if self._published_size(conn) != published:
+                return _LOST  # another integrator signed meanwhile; sign again over its tree
+            conn.execute(
+                insert(LogCheckpoint),
+                {"tree_size": new_size, "root_hash": new_root, "note": note, "created_at": utcnow()},
+            )
+            conn.commit()
+        return new_size
 
-    def _integrated_size(self, session: Session | Connection) -> int:
+    def _integrated_size(self, nodes: Session | Connection) -> int:
         """Leaves in the stored tree: the published size, or more when nodes went in unsigned."""
-        last = session.execute(select(func.max(col(LogNode.idx))).where(col(LogNode.level) == 0)).scalar_one()
+        last = nodes.execute(select(func.max(col(LogNode.idx))).where(col(LogNode.level) == 0)).scalar_one()
         return 0 if last is None else int(last) + 1
 
-    def _check_extends(self, session: Session, previous: int) -> None:
+    def _check_extends(self, session: Session, nodes: Session, previous: int) -> None:
         """Never sign a tree that does not contain the last signed one."""
         if previous == 0:
             return
         stored = session.get(LogCheckpoint, previous)
-        nodes = _fetch(session, tree.needed_nodes(lambda g: tree.root(previous, g)))
-        if stored is None or tree.root(previous, _getter(nodes)) != bytes(stored.root_hash):
+        found = _fetch(nodes, tree.needed_nodes(lambda g: tree.root(previous, g)))
+        if stored is None or tree.root(previous, _getter(found)) != bytes(stored.root_hash):
             raise RuntimeError(f"refusing to sign: the tree no longer contains checkpoint {previous}")
+
+    def _check_rebuilt(self, size: int, root: bytes) -> None:
+        """A rebuilt tree is stored only when the entries still hash to the checkpoint signed over them."""
+        with Session(self.engine) as session:
+            stored = session.get(LogCheckpoint, size)
+        if stored is None or bytes(stored.root_hash) != root:
+            raise RuntimeError(f"refusing to rebuild: the entries no longer hash to checkpoint {size}")
 
     def start(self, *, interval: float = 1.0) -> None:
         """Integrate and publish a checkpoint every `interval` seconds in a background thread."""
@@ -213,6 +266,12 @@ class TransparencyLog:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+
+    def close(self) -> None:
+        """Stop integrating and close the tree's own connections, when it has any."""
+        self.stop()
+        if self.tree_engine is not self.engine:
+            self.tree_engine.dispose()
 
     # -- reading -----------------------------------------------------------
     def checkpoint(self, size: int | None = None) -> StoredCheckpoint:
@@ -253,23 +312,33 @@ class TransparencyLog:
         with Session(self.engine) as session:
             if not 0 <= index < size <= self._published_size(session):
                 raise LogRequestInvalid("need 0 <= index < tree_size <= the latest checkpoint's size")
-            nodes = _fetch(session, tree.needed_nodes(lambda g: tree.inclusion_proof(index, size, g)))
-            return tree.inclusion_proof(index, size, _getter(nodes))
+        with self._tree_of(size) as nodes:
+            found = _fetch(nodes, tree.needed_nodes(lambda g: tree.inclusion_proof(index, size, g)))
+        return tree.inclusion_proof(index, size, _getter(found))
 
     def consistency_proof(self, *, first: int, second: int) -> list[bytes]:
         """RFC 9162 consistency proof between two tree sizes."""
         with Session(self.engine) as session:
             if not 0 < first <= second <= self._published_size(session):
                 raise LogRequestInvalid("need 0 < first <= second <= the latest checkpoint's size")
-            nodes = _fetch(session, tree.needed_nodes(lambda g: tree.consistency_proof(first, second, g)))
-            return tree.consistency_proof(first, second, _getter(nodes))
+        with self._tree_of(second) as nodes:
+            found = _fetch(nodes, tree.needed_nodes(lambda g: tree.consistency_proof(first, second, g)))
+        return tree.consistency_proof(first, second, _getter(found))
+
+    @contextmanager
+    def _tree_of(self, size: int) -> Iterator[Session]:
+        """A read of the tree's nodes, which must cover `size` leaves (they do, but while rebuilding)."""
+        with Session(self.tree_engine) as nodes:
+            if self._integrated_size(nodes) < size:
+                raise LogTreeBehind("the log's tree is being rebuilt; try again shortly")
+            yield nodes
 
     def export(self, *, size: int | None = None) -> Iterator[str]:
         """NDJSON: the signed checkpoint, then every entry below its size with an inclusion proof."""
         cp = self.checkpoint(size)
-        yield json.dumps({"type": "checkpoint", "size": cp.size, "note": cp.note}) + "\n"
-        with Session(self.engine) as session:
-            get = _BlockGetter(session)
+        with Session(self.engine) as session, self._tree_of(cp.size) as nodes:
+            yield json.dumps({"type": "checkpoint", "size": cp.size, "note": cp.note}) + "\n"
+            get = _BlockGetter(nodes)
             for start in range(0, cp.size, 5000):
                 rows = session.execute(
                     select(col(AuditEvent.seq), col(AuditEvent.entry))

@@ -221,7 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.verifications.stop()
             runtime.webhooks.stop()
             upkeep.stop()
-            runtime.log.stop()
+            runtime.log.close()
             runtime.audit.stop()
             runtime.replica.stop()
             runtime.engine.dispose()

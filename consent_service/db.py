@@ -37,11 +37,19 @@ _writing = threading.local()
 _WRITER_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 
 
-def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL", **kwargs: Any) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    sqlite_synchronous: str = "NORMAL",
+    autocheckpoint_pages: int = AUTOCHECKPOINT_BACKSTOP_PAGES,
+    **kwargs: Any,
+) -> Engine:
     """Create an engine; SQLite gets WAL and a busy timeout so concurrent writers queue.
 
     SQLite `synchronous`: NORMAL survives a killed process (WAL), FULL also an
     operating-system crash or power loss, at the price of an fsync per commit.
+    `autocheckpoint_pages`: the WAL size at which a commit checkpoints it itself;
+    the default leaves that to a WalCheckpointer.
     """
     if sqlite_synchronous not in ("NORMAL", "FULL"):
         raise ValueError("sqlite_synchronous must be NORMAL or FULL")
@@ -62,9 +70,9 @@ def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL", **kwargs: Any) 
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={sqlite_synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
-            # Checkpoints fsync; a committing request should not pay for one. The
-            # WalCheckpointer runs them in the background, this is only the backstop.
-            cur.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_BACKSTOP_PAGES}")
+            # Checkpoints fsync; a committing request should not pay for one. By default a
+            # WalCheckpointer runs them in the background, and this is only the backstop.
+            cur.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint_pages}")
             cur.close()
 
         @event.listens_for(engine, "begin")

@@ -248,6 +248,12 @@ class GeneratorUnavailable(Unavailable):
     code = "generator_unavailable"
 
 
+class LogTreeBehind(Unavailable):
+    """The log's tree does not yet cover the requested size: it is being rebuilt."""
+
+    code = "log_tree_rebuilding"
+
+
 # One table from error class to HTTP status; the most specific class wins.
 HTTP_STATUS: dict[type[DomainError], int] = {
     BodyTooLarge: 413,

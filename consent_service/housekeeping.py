@@ -93,10 +93,10 @@ def run(*, settings: Settings, stop: Any, parent: int) -> None:
         engine = make_engine(settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous)
         checkpointer = WalCheckpointer(engine)
         checkpointer.start()
+        transparency_log = build_log(settings, engine)
         try:
-            build_log(settings, engine).run(
-                interval=settings.log_integrate_interval_seconds, stop=stop, alive=alive
-            )
+            transparency_log.run(interval=settings.log_integrate_interval_seconds, stop=stop, alive=alive)
         finally:
+            transparency_log.close()
             checkpointer.stop()
             engine.dispose()

@@ -2,6 +2,8 @@
 
 import base64
 import json
+import sqlite3
+import threading
 
 import pytest
 from sqlalchemy import text
@@ -227,7 +229,7 @@ def test_log_refuses_to_sign_over_a_rewritten_tree(api):
     _activity(api)
     log = _integrate(api)
     level, idx = Frontier.coords(log.checkpoint().size)[0]
-    engine = api.client.app.state.runtime.engine
+    engine = log.tree_engine
     where = "WHERE level = :l AND idx = :i"
     with engine.begin() as conn:
         original = conn.execute(
@@ -241,6 +243,74 @@ def test_log_refuses_to_sign_over_a_rewritten_tree(api):
         log.integrate()
     with engine.begin() as conn:
         conn.execute(text(f"UPDATE log_node SET hash = :h {where}"), {"h": original, "l": level, "i": idx})
+
+
+def test_log_tree_lives_beside_a_sqlite_database(api):
+    """Integrating takes only the tree file's write lock, so audit commits never wait for it."""
+    _activity(api)
+    log = api.client.app.state.runtime.log
+    if log.engine.dialect.name != "sqlite":
+        assert log.tree_engine is log.engine  # PostgreSQL locks rows, not the database
+        return
+    assert log.tree_engine.url.database == log.engine.url.database.removesuffix(".db") + ".tree.db"
+    with log.engine.connect() as conn:
+        assert not conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'log_node'")).all()
+    holder = sqlite3.connect(log.engine.url.database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # an audit commit in progress
+    try:
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (log.integrate(sign=False), done.set()))
+        worker.start()
+        worker.join(timeout=10)
+        assert done.is_set(), "integration waited for the database's write lock"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with log.tree_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM log_node WHERE level = 0")).scalar_one() >= 8
+
+
+def _drop_tree(log):
+    with log.tree_engine.begin() as conn:
+        conn.execute(text("DELETE FROM log_node"))  # a lost tree file, as the integrator sees it
+
+
+def test_log_rebuilds_a_lost_tree_and_keeps_signing_consistently(api):
+    _activity(api)
+    log = _integrate(api)
+    log.stop()  # the background integrator would race this test's steps
+    before = log.checkpoint()
+    old_proof = log.inclusion_proof(index=1, size=before.size)
+    _drop_tree(log)
+    r = api.call("GET", "/v1/log/proofs/inclusion", "auditor", params={"index": 1, "tree_size": before.size})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "log_tree_rebuilding"
+    api.check("bob", ["alice"])
+    assert log.integrate(max_leaves=3) == 3  # in steps, unsigned, until it reaches the checkpoint
+    assert log.checkpoint().size == before.size
+    _integrate(api)
+    after = log.checkpoint()
+    assert after.size > before.size
+    assert log.inclusion_proof(index=1, size=before.size) == old_proof
+    proof = log.consistency_proof(first=before.size, second=after.size)
+    verify_consistency(before.size, after.size, before.root, after.root, proof)
+
+
+def test_log_refuses_to_rebuild_over_rewritten_entries(api):
+    _activity(api)
+    log = _integrate(api)
+    log.stop()
+    size = log.checkpoint().size
+    _drop_tree(log)
+    with log.engine.begin() as conn:
+        original = conn.execute(text("SELECT entry FROM audit_event WHERE seq = 2")).scalar_one()
+        conn.execute(text("UPDATE audit_event SET entry = :e WHERE seq = 2"), {"e": original + " "})
+    try:
+        with pytest.raises(RuntimeError, match="refusing to rebuild"):
+            _integrate(api)
+        assert log.checkpoint().size == size  # nothing new was signed
+    finally:
+        with log.engine.begin() as conn:
+            conn.execute(text("UPDATE audit_event SET entry = :e WHERE seq = 2"), {"e": original})
 
 
 def test_log_accepts_only_known_witness_cosignatures(settings, tmp_path):

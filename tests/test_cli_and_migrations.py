@@ -14,7 +14,10 @@ def test_migrations_match_models(db_url):
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     engine.dispose()
-    assert diff == []
+    # On SQLite the tree's nodes live in a file of their own (audit.log.tree_engine_for).
+    moved = {"log_node"} if db_url.startswith("sqlite") else set()
+    assert [d for d in diff if not (d[0] == "add_table" and d[1].name in moved)] == []
+    assert {d[1].name for d in diff if d[0] == "add_table"} == moved
 
 
 def test_cli_bootstrap_create_and_verify(tmp_path, monkeypatch, capsys):

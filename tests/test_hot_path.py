@@ -104,10 +104,11 @@ def test_audit_writer_on_sqlite_waits_for_the_writer_lock_without_blocking_the_l
 
 
 def test_insert_values_writes_many_rows_in_chunks(db_url):
+    from audit.log import tree_engine_for
     from consent_service.db import insert_values, write_connection
     from consent_service.models import LogNode
 
-    engine = make_engine(db_url)
+    engine = tree_engine_for(make_engine(db_url))
     rows = [(7, i, i.to_bytes(32, "big")) for i in range(2500)]  # three statements
     with write_connection(engine) as conn:
         insert_values(conn, table=LogNode.__table__, columns=("level", "idx", "hash"), rows=rows)
