@@ -76,15 +76,16 @@ def build_runtime(settings: Settings) -> Runtime:
         current=load_secret_key(settings.resolved_biometric_key_path, create=create),
         previous=tuple(load_secret_key(p, create=False) for p in settings.biometric_previous_key_paths),
     )
+    keys = ReceiptKeys(signing=signing, previous=previous)
     return Runtime(
         biometric_box=biometric_box,
         settings=settings,
         engine=engine,
         replica=replica,
-        keys=ReceiptKeys(signing=signing, previous=previous),
+        keys=keys,
         routes=RoutePolicy(),
         directory=Directory(engine, key_ttl=settings.api_key_cache_seconds),
-        audit=AuditWriter(engine, offload=settings.audit_writer == "process"),
+        audit=AuditWriter(engine, keys=keys, offload=settings.audit_writer == "process"),
         log=build_log(settings, engine),
         box=box,
         webhooks=WebhookDispatcher(engine, box=box),

@@ -3,6 +3,9 @@
 Each request waits until its rows are committed before it answers, so an
 acknowledged decision is always audited; under load one transaction carries
 many requests' rows, which keeps the database from becoming the bottleneck.
+A request may ask for its consent receipt: it is signed after the commit, where
+the commit ran (off the event loop in the child and the thread), so no receipt
+exists for a decision that was not audited.
 
 Where the commit runs:
 - PostgreSQL, or SQLite with `synchronous=FULL` (an fsync per commit): a
@@ -30,13 +33,15 @@ from concurrent.futures import Future
 
 from sqlalchemy import Engine
 
-from consent_service.audit_process import MAX_BATCH_ROWS, AppenderProcess
+from consent_service.audit_process import MAX_BATCH_ROWS, Answer, AppenderProcess, Claims, sign_receipt
 from consent_service.db import SQLITE_BUSY_TIMEOUT_MS, write_connection, writer_lock
 from consent_service.errors import AuditUnavailable
+from consent_service.receipts import ReceiptKeys
 from consent_service.services.changes import Event, SqliteAuditAppender, WriterBusy, write_event_groups
 
 log = logging.getLogger(__name__)
-_Item = tuple[list[Event], int | None, "Future[None] | asyncio.Future[None]"]
+# A request's rows, their revision, its receipt's claims (None: no receipt), and its waiter.
+_Item = tuple[list[Event], int | None, Claims | None, "Future[str | None] | asyncio.Future[str | None]"]
 
 
 _RETRY_SECONDS = 0.0005
@@ -52,15 +57,27 @@ class AuditWriter:
     """Commits queued audit rows in batches: in a child process, on the event loop, or in a thread."""
 
     def __init__(
-        self, engine: Engine, *, max_batch: int = 1000, linger: float = 0.001, offload: bool = False
+        self,
+        engine: Engine,
+        *,
+        keys: ReceiptKeys | None = None,
+        max_batch: int = 1000,
+        linger: float = 0.001,
+        offload: bool = False,
     ) -> None:
-        """`offload`: on SQLite, commit in a child process (audit_process.py) instead of on the loop."""
+        """`keys` sign the receipts asked for; `offload`: on SQLite, commit in a child process
+        (audit_process.py) instead of on the loop."""
         self._engine = engine
+        self._keys = keys
         self._max_batch = max_batch
         self._linger = linger
         self._inline = engine.dialect.name == "sqlite" and _sqlite_synchronous(engine) == _SQLITE_NORMAL
         self._child = (
-            AppenderProcess(url=engine.url.render_as_string(hide_password=False), sqlite_synchronous="NORMAL")
+            AppenderProcess(
+                url=engine.url.render_as_string(hide_password=False),
+                sqlite_synchronous="NORMAL",
+                receipt_key=keys.raw_signing_key() if keys is not None else None,
+            )
             if self._inline and offload
             else None
         )
@@ -98,24 +115,30 @@ class AuditWriter:
             self._flush_scheduled = False
             self._fail(unanswered, RuntimeError("the audit writer stopped"))
 
-    async def append(self, events: list[Event], *, revision: int | None) -> None:
-        """Return once the events are durably committed; raise AuditUnavailable otherwise."""
+    async def append(
+        self, events: list[Event], *, revision: int | None, receipt: Claims | None = None
+    ) -> str | None:
+        """Return once the events are durably committed, with `receipt` signed if given (else None).
+
+        Raise AuditUnavailable when they could not be committed.
+        """
         if not self._running:
             raise AuditUnavailable("audit writer is not running")
+        if receipt is not None and self._keys is None:
+            raise ValueError("this audit writer has no receipt key")
         if self._inline:
             loop = asyncio.get_running_loop()
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._pending.append((events, revision, waiter))
+            waiter: asyncio.Future[str | None] = loop.create_future()
+            self._pending.append((events, revision, receipt, waiter))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 # After the callbacks already ready: requests that arrived in
                 # the same loop pass share this commit.
                 loop.call_soon(self._flush_inline if self._child is None else self._send, loop)
-            await waiter
-            return
-        future: Future[None] = Future()
-        self._queue.put((events, revision, future))
-        await asyncio.wrap_future(future)
+            return await waiter
+        future: Future[str | None] = Future()
+        self._queue.put((events, revision, receipt, future))
+        return await asyncio.wrap_future(future)
 
     def _flush_inline(self, loop: asyncio.AbstractEventLoop) -> None:
         lock = writer_lock(self._engine)
@@ -150,7 +173,7 @@ class AuditWriter:
         """Hand the pending rows to the child; rows that arrive meanwhile form the next batch."""
         assert self._child is not None
         count = rows = 0
-        for events, _, _ in self._pending:
+        for events, _, _, _ in self._pending:
             if count and rows + len(events) > MAX_BATCH_ROWS:
                 break
             count, rows = count + 1, rows + len(events)
@@ -158,21 +181,22 @@ class AuditWriter:
         self._in_flight = batch
         try:
             self._child.send(
-                [(events, revision) for events, revision, _ in batch],
+                [(events, revision, claims) for events, revision, claims, _ in batch],
                 loop=loop,
-                on_done=lambda error: self._sent(loop, error),
+                on_done=lambda answer: self._sent(loop, answer),
             )
         except Exception as exc:  # the child could not be started
-            self._sent(loop, f"{type(exc).__name__}: {exc}")
+            self._sent(loop, (f"{type(exc).__name__}: {exc}", None))
 
-    def _sent(self, loop: asyncio.AbstractEventLoop, error: str | None) -> None:
+    def _sent(self, loop: asyncio.AbstractEventLoop, answer: Answer) -> None:
         batch, self._in_flight = self._in_flight, []
-        if error is None:
-            for _, _, future in batch:
+        error, receipts = answer
+        if error is None and receipts is not None and len(receipts) == len(batch):
+            for (_, _, _, future), receipt in zip(batch, receipts, strict=True):
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(receipt)
         else:
-            self._fail(batch, RuntimeError(error))
+            self._fail(batch, RuntimeError(error or "the audit appender answered for another batch"))
         if self._pending:
             self._send(loop)
         else:
@@ -202,7 +226,7 @@ class AuditWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[_Item], *, lock_held: bool = False) -> None:
-        groups = [(events, revision) for events, revision, _ in batch]
+        groups = [(events, revision) for events, revision, _, _ in batch]
         try:
             if self._appender is not None:
                 self._appender.write(groups)
@@ -215,9 +239,13 @@ class AuditWriter:
         except Exception as exc:
             self._fail(batch, exc)
             return
-        for _, _, future in batch:
+        # In the writer thread, signing lets go of the GIL; inline, it is on the loop as before.
+        for _, _, claims, future in batch:
             if not future.done():
-                future.set_result(None)
+                try:
+                    future.set_result(sign_receipt(self._keys, claims))
+                except Exception as exc:
+                    future.set_exception(exc)
 
     def _fail(self, batch: list[_Item], cause: Exception) -> None:
         if not batch:
@@ -225,6 +253,6 @@ class AuditWriter:
         log.error("audit batch of %d requests failed", len(batch), exc_info=cause)
         error = AuditUnavailable("the audit log could not be written; nothing was decided")
         error.__cause__ = cause
-        for _, _, future in batch:
+        for _, _, _, future in batch:
             if not future.done():  # done: the request was cancelled meanwhile
                 future.set_exception(error)

@@ -64,6 +64,16 @@ class ReceiptKeys:
     signing: Ed25519PrivateKey
     previous: tuple[Ed25519PublicKey, ...] = ()
 
+    @classmethod
+    def from_raw(cls, raw: bytes) -> ReceiptKeys:
+        """Signing keys from a raw Ed25519 private key (what a child process is handed)."""
+        return cls(signing=Ed25519PrivateKey.from_private_bytes(raw))
+
+    def raw_signing_key(self) -> bytes:
+        return self.signing.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+
     @cached_property
     def kid(self) -> str:
         # Every receipt names its key; deriving the id means a SHA-256 of the

@@ -7,21 +7,25 @@ import asyncio
 import fcntl
 import itertools
 import os
+import pickle
 import shutil
 import signal
 import sqlite3
 import time
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
 from consent_service.app import create_app
+from consent_service.audit_process import to_wire
 from consent_service.audit_writer import AuditWriter
 from consent_service.db import make_engine
 from consent_service.errors import AuditUnavailable
 from consent_service.housekeeping import HousekeeperProcess
 from consent_service.models import AuditEvent, LogCheckpoint
+from consent_service.receipts import ReceiptKeys
 from consent_service.services.changes import Event
 from consent_service.settings import Settings
 from tests.conftest import Api, bootstrap_admin, full_log_check
@@ -44,6 +48,19 @@ def process_settings(tmp_path, sqlite_url) -> Settings:
         audit_writer="process",
         log_integrate_interval_seconds=0.2,
     )
+
+
+KEYS = ReceiptKeys(signing=Ed25519PrivateKey.generate())
+
+
+def _claims(check_id: str) -> dict:
+    return {
+        "jti": check_id,
+        "sub": "actor",
+        "cameos": ["cam"],
+        "iat": int(time.time()),
+        "exp": int(time.time()) + 600,
+    }
 
 
 def _checks(n: int, *, prefix: str = "a") -> list[list[Event]]:
@@ -93,16 +110,17 @@ def test_offloaded_writer_sends_batches_that_fit_a_pipe_buffer(sqlite_url):
     from consent_service.audit_process import MAX_BATCH_ROWS
 
     engine = make_engine(sqlite_url)
-    writer = AuditWriter(engine, offload=True)
+    writer = AuditWriter(engine, keys=KEYS, offload=True)
     writer.start()
     child = writer._child
     assert child is not None
     sent: list[int] = []
     original = child.send
 
-    def counting_send(groups, **kw):
-        sent.append(sum(len(events) for events, _ in groups))
-        original(groups, **kw)
+    def counting_send(requests, **kw):
+        sent.append(sum(len(events) for events, _, _ in requests))
+        assert len(pickle.dumps(to_wire(requests))) < 65_536  # one pipe buffer, receipts' claims included
+        original(requests, **kw)
 
     child.send = counting_send  # type: ignore[method-assign]
     requests = [
@@ -113,11 +131,17 @@ def test_offloaded_writer_sends_batches_that_fit_a_pipe_buffer(sqlite_url):
         for i in range(150)
     ]
 
-    async def many() -> None:
-        await asyncio.gather(*[writer.append(events, revision=2) for events in requests])
+    async def many() -> list[str | None]:
+        return await asyncio.gather(
+            *[
+                writer.append(events, revision=2, receipt=_claims(f"c{i}"))
+                for i, events in enumerate(requests)
+            ]
+        )
 
-    asyncio.run(many())
+    receipts = asyncio.run(many())
     writer.stop()
+    assert [KEYS.verify(r, now=time.time())["jti"] for r in receipts] == [f"c{i}" for i in range(150)]
     assert sum(sent) == 450 and max(sent) <= MAX_BATCH_ROWS and len(sent) >= 3
     with Session(engine) as s:
         rows = s.exec(select(AuditEvent)).all()
@@ -150,6 +174,70 @@ def test_offloaded_writer_reports_a_failed_commit(tmp_path):
     with pytest.raises(AuditUnavailable):
         asyncio.run(writer.append(_checks(1)[0], revision=1))
     writer.stop()
+
+
+WRITER_MODES = ["child", "loop", "thread"]
+
+
+def _writer(url: str, mode: str, **kw) -> AuditWriter:
+    """The three places a commit runs: the appender child, the event loop, a thread (synchronous=FULL)."""
+    engine = make_engine(url, sqlite_synchronous="FULL" if mode == "thread" else "NORMAL")
+    writer = AuditWriter(engine, offload=mode == "child", **kw)
+    assert (writer._child is not None, writer._inline) == {
+        "child": (True, True),
+        "loop": (False, True),
+        "thread": (False, False),
+    }[mode]
+    return writer
+
+
+@pytest.mark.parametrize("mode", WRITER_MODES)
+def test_writer_signs_a_receipt_once_its_rows_are_committed(sqlite_url, mode):
+    writer = _writer(sqlite_url, mode, keys=KEYS)
+    writer.start()
+
+    async def one(events: list[Event], claims: dict | None) -> str | None:
+        receipt = await writer.append(events, revision=3, receipt=claims)
+        with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
+            actor = events[0].actor_id
+            assert db.execute("SELECT count(*) FROM audit_event WHERE actor_id = ?", (actor,)).fetchone() == (
+                1,
+            )
+        return receipt
+
+    claims = _claims("c0")
+
+    async def both() -> list[str | None]:
+        asked, denied = _checks(2)
+        return await asyncio.gather(one(asked, claims), one(denied, None))
+
+    try:
+        signed, unsigned = asyncio.run(both())
+    finally:
+        writer.stop()
+    assert unsigned is None
+    assert KEYS.verify(signed, now=time.time()) == claims
+
+
+@pytest.mark.parametrize("mode", WRITER_MODES)
+def test_writer_signs_no_receipt_for_rows_it_could_not_commit(tmp_path, mode):
+    writer = _writer(f"sqlite:///{tmp_path}/empty.db", mode, keys=KEYS)  # no tables: every insert fails
+    writer.start()
+    try:
+        with pytest.raises(AuditUnavailable):
+            asyncio.run(writer.append(_checks(1)[0], revision=1, receipt=_claims("c0")))
+    finally:
+        writer.stop()
+
+
+def test_writer_without_a_key_refuses_to_be_asked_for_a_receipt(sqlite_url):
+    writer = AuditWriter(make_engine(sqlite_url))
+    writer.start()
+    try:
+        with pytest.raises(ValueError, match="no receipt key"):
+            asyncio.run(writer.append(_checks(1)[0], revision=1, receipt=_claims("c0")))
+    finally:
+        writer.stop()
 
 
 def test_loop_writer_waits_for_another_process_without_blocking_the_loop(sqlite_url):

@@ -45,7 +45,6 @@ async def consent_check(
     result = await checks.check_consent(
         directory=runtime.directory,
         replica=runtime.replica,
-        keys=runtime.keys,
         audit=runtime.audit,
         caller=caller,
         actor_handle=body.actor_handle,

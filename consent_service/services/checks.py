@@ -85,7 +85,6 @@ async def check_consent(
     *,
     directory: Directory,
     replica: ConsentReplica,
-    keys: ReceiptKeys,
     audit: AuditWriter,
     caller: PrincipalLike,
     actor_handle: str,
@@ -124,24 +123,23 @@ async def check_consent(
         )
         for owner, r in zip(owners, results, strict=True)
     ]
-    await audit.append(events, revision=revision)
-    receipt = expires = None
+    claims = expires = None
     if allowed:
         expires = int(now) + limits.receipt_ttl
-        receipt = keys.sign(
-            {
-                "iss": limits.issuer,
-                "jti": check_id,
-                "sub": actor.id,
-                "azp": caller.id,
-                "cameos": [r.cameo_id for r in results],
-                "purpose": purpose,
-                "prompt_sha256": digest,
-                "rev": revision,
-                "iat": int(now),
-                "exp": expires,
-            }
-        )
+        claims = {
+            "iss": limits.issuer,
+            "jti": check_id,
+            "sub": actor.id,
+            "azp": caller.id,
+            "cameos": [r.cameo_id for r in results],
+            "purpose": purpose,
+            "prompt_sha256": digest,
+            "rev": revision,
+            "iat": int(now),
+            "exp": expires,
+        }
+    # The writer signs the receipt once the rows are committed, off the event loop where it can.
+    receipt = await audit.append(events, revision=revision, receipt=claims)
     return CheckResult(check_id, allowed, results, revision, receipt, expires)
 
 
