@@ -20,6 +20,7 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -165,7 +166,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(url: str, port: int, data_dir: str, extra_env: dict | None = None) -> subprocess.Popen:
+def _serve(
+    url: str, port: int, data_dir: str, extra_env: dict | None = None, *, cwd: Path = ROOT
+) -> subprocess.Popen:
+    """uvicorn on the code in `cwd` (another checkout's, for bench/http_ab.py)."""
     env = {**os.environ, "CONSENT_DATABASE_URL": url, "CONSENT_DATA_DIR": data_dir, **(extra_env or {})}
     proc = subprocess.Popen(
         [
@@ -182,7 +186,7 @@ def _serve(url: str, port: int, data_dir: str, extra_env: dict | None = None) ->
             "warning",
             "--no-access-log",
         ],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
     )
     deadline = time.time() + 120
@@ -232,13 +236,8 @@ def machine_state(directory: str) -> dict:
     }
 
 
-def http_load(rates: list[int], seconds: float, repeats: int = 3) -> dict:
-    """Drive a real uvicorn server from a second process at fixed request rates."""
-    from bench.dataset import build
-
-    tmp = tempfile.mkdtemp(prefix="consent-http-")
-    url = f"sqlite:///{tmp}/http.db"
-    data = build(url, grants=100_000)
+def check_bodies(data: Any) -> list[dict]:
+    """2,000 checks of granted pairs (a bench.dataset.Dataset), the same for every run."""
     rng = random.Random(3)
     bodies = []
     for _ in range(2000):
@@ -250,37 +249,60 @@ def http_load(rates: list[int], seconds: float, repeats: int = 3) -> dict:
                 "prompt": f"@{data.owners[oi][1]} waves at the camera",
             }
         )
+    return bodies
+
+
+def load(*, port: int, token: str, bodies: Path, rate: int, seconds: float, warmup: bool = False) -> dict:
+    """One run of bench/loadgen.py in its own process; its JSON summary."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "loadgen.py"),
+            *(["--warmup"] if warmup else []),
+            "--port",
+            str(port),
+            "--token",
+            token,
+            "--bodies",
+            str(bodies),
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return json.loads(out.stdout)
+
+
+def http_load(rates: list[int], seconds: float, repeats: int = 3) -> dict:
+    """Drive a real uvicorn server from a second process at fixed request rates."""
+    from bench.dataset import build
+
+    tmp = tempfile.mkdtemp(prefix="consent-http-")
+    url = f"sqlite:///{tmp}/http.db"
+    data = build(url, grants=100_000)
     body_file = Path(tmp) / "bodies.json"
-    body_file.write_text(json.dumps(bodies))
+    body_file.write_text(json.dumps(check_bodies(data)))
     port = _free_port()
     before = machine_state(tmp)
     server = _serve(url, port, tmp)
     runs = []
     try:
         for i, rate in enumerate(rates * repeats):
-            warmup = ["--warmup"] if i == 0 else []
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    str(ROOT / "bench" / "loadgen.py"),
-                    *warmup,
-                    "--port",
-                    str(port),
-                    "--token",
-                    data.platform_token,
-                    "--bodies",
-                    str(body_file),
-                    "--rate",
-                    str(rate),
-                    "--seconds",
-                    str(seconds),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd=ROOT,
+            runs.append(
+                load(
+                    port=port,
+                    token=data.platform_token,
+                    bodies=body_file,
+                    rate=rate,
+                    seconds=seconds,
+                    warmup=i == 0,
+                )
             )
-            runs.append(json.loads(out.stdout))
             print("http", runs[-1], flush=True)
     finally:
         server.terminate()
