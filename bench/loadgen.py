@@ -24,10 +24,11 @@ async def _one_connection(host, port, requests, slots, results, stop_at):
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            sent = time.perf_counter()
             writer.write(random.choice(requests))
             await writer.drain()
             status = await _read_response(reader)
-            results.append((time.perf_counter() - scheduled, status))
+            results.append((time.perf_counter() - scheduled, status, scheduled, sent - scheduled))
     finally:
         writer.close()
 
@@ -56,7 +57,7 @@ async def _warm_connection(host, port, queue):
         writer.close()
 
 
-async def run(host, port, path, token, bodies, rate, seconds, connections, warmup=False):
+async def run(host, port, path, token, bodies, rate, seconds, connections, warmup=False, dump=None):
     requests = [
         (
             f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
@@ -84,6 +85,14 @@ async def run(host, port, path, token, bodies, rate, seconds, connections, warmu
         *[_one_connection(host, port, requests, slots, results, stop_at) for _ in range(connections)]
     )
     elapsed = max(time.perf_counter() - start, 1e-9)
+    if dump is not None:
+        # Per request: when it was due (seconds from the first), its latency, and how late
+        # this process sent it, for lining slow requests up against what the server's
+        # processes were doing; `start` is time.perf_counter(), the system-wide monotonic
+        # clock on Linux.
+        with open(dump, "w") as f:
+            requests = sorted((round(r[2] - start, 6), round(r[0], 6), round(r[3], 6)) for r in results)
+            json.dump({"start": start, "requests": requests}, f)
     lat = sorted(r[0] for r in results)
     ok = sum(1 for r in results if r[1] == 200)
 
@@ -111,6 +120,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--warmup", action="store_true", help="send every body once before measuring")
+    ap.add_argument("--dump", help="write each request's due time and latency to this JSON file")
     a = ap.parse_args()
     with open(a.bodies) as f:
         bodies = [json.dumps(b).encode() for b in json.load(f)]
@@ -125,6 +135,7 @@ def main() -> None:
             a.seconds,
             a.connections,
             warmup=a.warmup,
+            dump=a.dump,
         )
     )
     json.dump(out, sys.stdout)
