@@ -27,6 +27,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,8 @@ _BUSY_RETRY_SECONDS = 0.0002
 # About 260 pickled bytes a row and 350 for a receipt's claims: a batch fits a 64 KB pipe
 # buffer, so sending never blocks the loop, even while a freshly started child is still importing.
 MAX_BATCH_ROWS = 100
+_FRAME_HEADER = 4
+_READ_BYTES = 1 << 16
 
 Claims = dict[str, Any]
 # Each request's rows, their revision, and the claims of its receipt (None: no receipt).
@@ -79,6 +82,7 @@ class AppenderProcess:
         self._process: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_done: Callable[[Answer], None] | None = None
+        self._inbox = bytearray()
 
     @property
     def pid(self) -> int | None:
@@ -120,12 +124,26 @@ class AppenderProcess:
             self._lost("the audit appender process is gone")
 
     def _readable(self) -> None:
+        # The event loop made this end non-blocking, and an answer carrying receipts can
+        # arrive in several pieces: Connection.recv would fail on the first empty read as
+        # if the child had died. So the bytes are gathered here and framed by answer().
         try:
-            answer = self._conn.recv()
-        except (EOFError, OSError):
+            chunk = os.read(self._conn.fileno(), _READ_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
             self._lost("the audit appender process exited")
             return
-        self._finish(answer)
+        self._inbox += chunk
+        while len(self._inbox) >= _FRAME_HEADER:
+            size = int.from_bytes(self._inbox[:_FRAME_HEADER], "big")
+            if len(self._inbox) < _FRAME_HEADER + size:
+                return
+            frame = bytes(self._inbox[_FRAME_HEADER : _FRAME_HEADER + size])
+            del self._inbox[: _FRAME_HEADER + size]
+            self._finish(pickle.loads(frame))  # noqa: S301 (our own child's answer)
 
     def _finish(self, answer: Answer) -> None:
         done, self._on_done = self._on_done, None
@@ -144,6 +162,7 @@ class AppenderProcess:
                 self._loop = None
             self._conn.close()
             self._conn = None
+        self._inbox = bytearray()
         if self._process is not None:
             self._process.join(timeout=0.1)
             if self._process.is_alive():
@@ -157,6 +176,15 @@ class AppenderProcess:
             if self._process is not None:
                 self._process.join(timeout=10)
         self._close()
+
+
+def answer(conn: Any, message: Answer) -> None:
+    """The child's answer to a batch: a 4-byte length, then the pickle (read by AppenderProcess)."""
+    payload = pickle.dumps(message)
+    view = memoryview(len(payload).to_bytes(_FRAME_HEADER, "big") + payload)
+    fd = conn.fileno()
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def sign_receipt(keys: ReceiptKeys | None, claims: Claims | None) -> str | None:
@@ -200,10 +228,10 @@ def run(*, url: str, sqlite_synchronous: str, receipt_key: bytes | None, conn: A
                         if time.monotonic() > give_up:
                             raise
                         time.sleep(_BUSY_RETRY_SECONDS)
-                conn.send((None, [sign_receipt(keys, claims) for _, _, claims in requests]))
+                answer(conn, (None, [sign_receipt(keys, claims) for _, _, claims in requests]))
             except Exception as exc:
                 log.exception("audit batch failed")
-                conn.send((f"{type(exc).__name__}: {exc}", None))
+                answer(conn, (f"{type(exc).__name__}: {exc}", None))
     finally:
         appender.close()
         engine.dispose()

@@ -6,12 +6,14 @@ Each test starts real spawned processes over a real database file; none stubs th
 import asyncio
 import fcntl
 import itertools
+import multiprocessing
 import os
 import pickle
 import shutil
 import signal
 import sqlite3
 import time
+from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,7 +21,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
 from consent_service.app import create_app
-from consent_service.audit_process import to_wire
+from consent_service.audit_process import AppenderProcess, answer, to_wire
 from consent_service.audit_writer import AuditWriter
 from consent_service.db import make_engine
 from consent_service.errors import AuditUnavailable
@@ -238,6 +240,35 @@ def test_writer_without_a_key_refuses_to_be_asked_for_a_receipt(sqlite_url):
             asyncio.run(writer.append(_checks(1)[0], revision=1, receipt=_claims("c0")))
     finally:
         writer.stop()
+
+
+def test_appender_answers_arriving_in_pieces_are_put_together():
+    """The loop's end of the pipe is non-blocking: a part of an answer must not read as a dead child."""
+    parent_end, child_end = multiprocessing.Pipe(duplex=True)
+    os.set_blocking(parent_end.fileno(), False)  # what the event loop's add_reader does
+    appender = AppenderProcess(url="sqlite://", sqlite_synchronous="NORMAL")
+    appender._conn = parent_end
+    got: list = []
+    appender._on_done = got.append
+    big = (None, [f"{i:03}" + "r" * 477 for i in range(100)])  # a full batch's receipts, 48 KB
+    r, w = os.pipe()
+    answer(SimpleNamespace(fileno=lambda: w), big)
+    os.close(w)
+    framed = os.read(r, 1 << 17)
+    os.close(r)
+    writer = os.fdopen(os.dup(child_end.fileno()), "wb", buffering=0)
+    assert len(framed) > 40_000
+    for start, end in ((0, 3), (3, 20_000), (20_000, len(framed))):
+        assert got == [] and appender._conn is parent_end
+        writer.write(framed[start:end])
+        appender._readable()
+        appender._readable()  # woken again with nothing more to read: still waiting, not lost
+    assert got == [big]
+    appender._on_done = got.append
+    writer.close()
+    child_end.close()  # the child's end closes: that is a lost child
+    appender._readable()
+    assert got[-1][0] == "the audit appender process exited" and appender._conn is None
 
 
 def test_loop_writer_waits_for_another_process_without_blocking_the_loop(sqlite_url):
