@@ -271,6 +271,22 @@ def test_appender_answers_arriving_in_pieces_are_put_together():
     assert got[-1][0] == "the audit appender process exited" and appender._conn is None
 
 
+def test_audit_appender_checkpoints_only_at_the_backstop(sqlite_url):
+    """Should the housekeeper starve or die, the appender's own commits still bound the WAL."""
+    from consent_service.db import AUTOCHECKPOINT_BACKSTOP_PAGES
+    from consent_service.services.changes import SqliteAuditAppender
+
+    engine = make_engine(sqlite_url)
+    appender = SqliteAuditAppender(engine)
+    try:
+        assert appender._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (
+            AUTOCHECKPOINT_BACKSTOP_PAGES,
+        )
+    finally:
+        appender.close()
+        engine.dispose()
+
+
 def test_loop_writer_waits_for_another_process_without_blocking_the_loop(sqlite_url):
     """A writer elsewhere holds SQLite's lock: the batch retries from the loop, which keeps running."""
     engine = make_engine(sqlite_url)
@@ -335,6 +351,12 @@ def test_one_housekeeper_per_data_dir_integrates_the_log(process_settings, sqlit
                 size = s.exec(select(func.max(LogCheckpoint.tree_size))).one() or 0
         assert size == 25
         assert _lock_is_held(lock)
+        # Both run only on CPU time that requests leave idle, the standby too (once it has
+        # started: a spawned child imports its parent's main module first).
+        pids = [first._process.pid, second._process.pid]
+        while time.monotonic() < deadline and {os.sched_getscheduler(p) for p in pids} != {os.SCHED_IDLE}:
+            time.sleep(0.1)
+        assert [os.sched_getscheduler(p) for p in pids] == [os.SCHED_IDLE] * 2
         first.stop()
         # The standby takes over: new rows still get integrated.
         writer = AuditWriter(engine)

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, select, text
 from sqlmodel import Session, col
 
 from audit.entry import encode_entry
-from consent_service.db import AUTOCHECKPOINT_BACKSTOP_PAGES, SQLITE_BUSY_TIMEOUT_MS, multi_row_inserts
+from consent_service.db import SQLITE_BUSY_TIMEOUT_MS, multi_row_inserts
 from consent_service.models import AuditEvent, ConsentChange, WebhookDelivery, WebhookSubscription, utcnow
 
 AUDIT_TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
@@ -83,14 +83,16 @@ class SqliteAuditAppender:
     loop a sleep stalls every request. While another connection (the log integrator,
     the admin CLI, a second instance) holds the write lock, `write` raises WriterBusy
     at once and writes nothing, so the caller retries on its own schedule.
+
+    It keeps the engine's backstop autocheckpoint: the WalCheckpointer starts the WAL
+    over long before, so a commit here checkpoints only when the housekeeper is starved
+    (it runs at SCHED_IDLE) or gone, and the WAL stays bounded even then.
     """
 
     def __init__(self, engine: Any) -> None:
         self._raw = engine.raw_connection()  # pooled, with the engine's pragmas applied
         self._db: Any = self._raw.driver_connection
         self._db.execute("PRAGMA busy_timeout=0")
-        # Checkpoints fdatasync; on the loop that stalls every request (WalCheckpointer runs them).
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
         columns = [c for c in AUDIT_TABLE.columns if not c.primary_key]
         dialect = engine.dialect
         self._names = tuple(c.name for c in columns)
@@ -125,7 +127,6 @@ class SqliteAuditAppender:
     def close(self) -> None:
         # Back to the pool as it came.
         self._db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_BACKSTOP_PAGES}")
         self._raw.close()
 
 
