@@ -8,7 +8,9 @@ may differ), copied afresh for every session. A session starts that side's serve
 and runs the load generator `--runs` times; sessions go A B B A A B ... Reported per side: every
 run, the median p99, and the CPU of the server process and of each of its children.
 
-    python bench/http_ab.py --base e5d56a6 [--rate 1500] [--pairs 4] [--runs 3] [--seconds 5]
+    python bench/http_ab.py --base e5d56a6 --what "..." [--rate 1500] [--pairs 4] [--runs 3]
+
+Each comparison is appended to bench/results/http_ab.json, with what it compared.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3, help="load-generator runs per session")
+    ap.add_argument("--what", required=True, help="what the comparison is about, kept with its results")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "http_ab.json")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="consent-ab-"))
@@ -123,6 +126,7 @@ def main() -> None:
         _git("worktree", "remove", "--force", str(base_code))
         shutil.rmtree(tmp, ignore_errors=True)
     result = {
+        "what": a.what,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "rate": a.rate,
         "seconds_per_run": a.seconds,
@@ -141,9 +145,10 @@ def main() -> None:
             "runs": side["runs"],
         }
         print(name, side["commit"], "median p99", result[name]["median_p99_ms"], "ms")
+    earlier = json.loads(a.out.read_text())["comparisons"] if a.out.exists() else []
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    a.out.write_text(json.dumps({"comparisons": [*earlier, result]}, indent=2) + "\n")
+    print(f"added to {a.out}")
 
 
 if __name__ == "__main__":
