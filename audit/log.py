@@ -10,8 +10,9 @@ of their own (`consent.tree.db` next to `consent.db`): SQLite has one writer
 per file, and inserting a second's worth of nodes held that lock for 2-10 ms,
 during which every consent check's audit commit waited. In a file of their own
 they take only the tree's lock. On PostgreSQL, with row locks, they stay in the
-database. A lost or deleted tree file is rebuilt from the entries, and the
-rebuilt tree must hash to the last signed checkpoint before anything new is signed.
+database. A lost or deleted tree file is rebuilt from the entries one checkpoint
+at a time, each step stored only once it hashes to the checkpoint it ends on, and
+nothing new is signed before the last one is reached.
 """
 
 from __future__ import annotations
@@ -163,9 +164,14 @@ class TransparencyLog:
             published = self._published_size(session)
             rebuilding = size < published
             if rebuilding:
-                # The tree lost nodes that a checkpoint covers (a deleted tree file): rebuild
-                # up to that checkpoint, unsigned, and prove it equal before going further.
-                max_leaves, sign = min(max_leaves, published - size), False
+                # The tree lost nodes that checkpoints cover (a deleted tree file): rebuild it
+                # unsigned, one checkpoint at a time whatever max_leaves says, and store each
+                # step only once its root equals that checkpoint's, so that no proof is ever
+                # served from nodes that no signed root vouches for.
+                target = session.execute(
+                    select(func.min(LogCheckpoint.tree_size)).where(col(LogCheckpoint.tree_size) > size)
+                ).scalar_one()
+                max_leaves, sign = int(target) - size, False
             rows = session.execute(
                 select(col(AuditEvent.seq), col(AuditEvent.entry))
                 .where(col(AuditEvent.seq) >= size)
@@ -184,8 +190,8 @@ class TransparencyLog:
                 self._check_extends(session, nodes, published)
         created = frontier.append(entries)
         new_size, new_root = frontier.size, frontier.root()
-        if rebuilding and new_size == published:
-            self._check_rebuilt(published, new_root)
+        if rebuilding:
+            self._check_rebuilt(new_size, new_root)
         note = self.signer.sign(checkpoint_body(self.origin, new_size, new_root)) if sign else None
         # The nodes commit first and the checkpoint after, each under its own file's write
         # lock: a checkpoint is never stored over nodes that are not, and nodes stored
@@ -226,7 +232,7 @@ class TransparencyLog:
             raise RuntimeError(f"refusing to sign: the tree no longer contains checkpoint {previous}")
 
     def _check_rebuilt(self, size: int, root: bytes) -> None:
-        """A rebuilt tree is stored only when the entries still hash to the checkpoint signed over them."""
+        """A rebuilt step is stored only when its entries still hash to the checkpoint signed over them."""
         with Session(self.engine) as session:
             stored = session.get(LogCheckpoint, size)
         if stored is None or bytes(stored.root_hash) != root:

@@ -6,8 +6,8 @@ Create Date: 2026-11-30 03:40:00.000000
 
 On SQLite the tree's nodes now live beside the database (audit.log.tree_engine_for),
 so inserting them no longer holds the database's one write lock. They are derived
-from the entries: the integrator rebuilds them there, and checks the result against
-the last signed checkpoint before it signs anything new. PostgreSQL keeps the table.
+from the entries: the integrator rebuilds them there, checking each step against the
+signed checkpoint it ends on, before it signs anything new. PostgreSQL keeps the table.
 """
 
 import sqlalchemy as sa
