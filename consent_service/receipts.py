@@ -38,6 +38,10 @@ def key_id(key: Ed25519PublicKey) -> str:
     return b64url(hashlib.sha256(canonical).digest())
 
 
+def _header_segment(typ: str, kid: str) -> str:
+    return b64url(json.dumps({"alg": "EdDSA", "typ": typ, "kid": kid}, separators=(",", ":")).encode())
+
+
 def load_or_create_key(path: Path, *, create: bool) -> Ed25519PrivateKey:
     """Read a PEM Ed25519 key; create it (mode 0600) only where allowed."""
     if path.exists():
@@ -86,13 +90,15 @@ class ReceiptKeys:
 
     def sign(self, claims: dict[str, Any], *, typ: str = RECEIPT_TYPE) -> str:
         """Sign claims as a compact JWS; `typ` tells consent receipts from deletion receipts."""
-        header = {"alg": "EdDSA", "typ": typ, "kid": self.kid}
-        signing_input = (
-            b64url(json.dumps(header, separators=(",", ":")).encode())
-            + "."
-            + b64url(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
-        )
+        header = self._receipt_header if typ == RECEIPT_TYPE else _header_segment(typ, self.kid)
+        payload = b64url(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+        signing_input = header + "." + payload
         return signing_input + "." + b64url(self.signing.sign(signing_input.encode()))
+
+    @cached_property
+    def _receipt_header(self) -> str:
+        # The same for every consent receipt, and one is signed per consent check.
+        return _header_segment(RECEIPT_TYPE, self.kid)
 
     def verify(self, token: str, *, now: float) -> dict[str, Any]:
         """Return the claims of a genuine, unexpired receipt, or raise a ReceiptInvalid subclass."""
