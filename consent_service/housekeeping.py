@@ -34,11 +34,12 @@ _STANDBY_SECONDS = 1.0
 # p99 at 1,500 checks/s 6.1 against 7.9 ms) the integrator's CPU bursts still slowed checks:
 # with the tree in its own file no audit commit waits for it any more, yet 72 of the 120
 # slowest checks of a traced run fell inside its steps. SCHED_IDLE runs it only on CPU time
-# that nothing else wants, and any other task's wakeup preempts it: median p99 7.0 against
-# 9.3 ms in four interleaved pairs of three runs (bench/http_ab.py). A machine kept fully
-# busy starves it; integration then waits, and the WAL stays bounded by the backstop
-# autocheckpoint of every connection (AUTOCHECKPOINT_BACKSTOP_PAGES). Where there is no
-# SCHED_IDLE, niceness 10.
+# that nothing else wants, and any other task's wakeup preempts it. Median p99 in four
+# interleaved comparisons (bench/results/http_ab.json): 9.3 -> 7.0 and 19.8 -> 11.1 ms; 13.7
+# -> 13.6 and 10.8 -> 16.3 ms in two with a since-fixed appender bug on both sides. A machine
+# kept fully busy starves it; integration then waits, and the WAL stays bounded by the
+# backstop autocheckpoint of every connection (AUTOCHECKPOINT_BACKSTOP_PAGES). Where there
+# is no SCHED_IDLE, niceness 10.
 _FALLBACK_NICENESS = 10
 
 
