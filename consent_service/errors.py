@@ -32,6 +32,12 @@ class BodyTooLarge(InvalidRequest):
     code = "body_too_large"
 
 
+class NulCharacter(InvalidRequest):
+    """PostgreSQL cannot store U+0000 in text, so no route accepts it, on either database."""
+
+    code = "nul_character"
+
+
 class Unauthenticated(DomainError):
     code = "unauthenticated"
 

@@ -11,6 +11,9 @@ from consent_service.models import Audience, CameoState, PrincipalKind
 from consent_service.services.grants import Purpose
 
 Handle = Field(min_length=1, max_length=64)
+# Integers from clients are compared with 64-bit database columns: a larger one is refused
+# at the boundary (422), not by the database driver, which raises (a 500).
+INT64_MAX = 2**63 - 1
 
 
 class Strict(BaseModel):
@@ -115,7 +118,7 @@ class ConsentCheckRequest(Strict):
     cameo_handles: list[str] = Field(min_length=1, max_length=64)
     purpose: Purpose = Purpose.generate
     prompt: str | None = None
-    at_least_as_fresh: int | None = Field(default=None, ge=0)
+    at_least_as_fresh: int | None = Field(default=None, ge=0, le=INT64_MAX)
 
 
 class Restrictions(BaseModel):

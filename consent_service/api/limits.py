@@ -1,8 +1,8 @@
-"""ASGI middleware that refuses request bodies over the configured size."""
+"""ASGI middleware that refuses request bodies over the configured size, and NUL characters."""
 
 from __future__ import annotations
 
-import json
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +11,12 @@ from typing import Any
 
 from starlette.requests import Request
 
-from consent_service.errors import VideoTooLarge
+from consent_service.api.errors import domain_error_response
+from consent_service.errors import BodyTooLarge, DomainError, NulCharacter, VideoTooLarge
+
+# A NUL inside a JSON string is always the escape \u0000; one preceded by an odd number
+# of backslashes is a literal backslash and the text "u0000", which is fine.
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class BodyLimit:
@@ -19,6 +24,10 @@ class BodyLimit:
 
     Bodies here are small JSON documents, so buffering them is cheap, and the
     app never has to cope with a stream cut off halfway.
+
+    It also refuses a NUL character in the path, the query or a JSON body, for every
+    route in one place: PostgreSQL raises on NUL in any text it is given, even in a
+    lookup, which made a 500 of a handle like "%00" (found by tests/test_api_fuzz.py).
     """
 
     def __init__(
@@ -36,13 +45,22 @@ class BodyLimit:
         self.streamed_prefixes = streamed_prefixes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in self.streamed or path.startswith(self.streamed_prefixes):
+        query = scope.get("query_string", b"")
+        if "\x00" in path or b"%00" in query or b"\x00" in query:
+            await self._refuse(
+                scope, receive, send, NulCharacter("the path or query contains a NUL character")
+            )
+            return
+        if path in self.streamed or path.startswith(self.streamed_prefixes):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._reject(send)
+            await self._refuse(scope, receive, send, self._too_large())
             return
         chunks: list[bytes] = []
         size = 0
@@ -53,12 +71,17 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._reject(send)
+                await self._refuse(scope, receive, send, self._too_large())
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if b"\\u0000" in body and _JSON_NUL.search(body):
+            await self._refuse(
+                scope, receive, send, NulCharacter("the body contains a NUL character (\\u0000)")
+            )
+            return
         replayed = False
 
         async def replay() -> Any:
@@ -70,19 +93,11 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send: Any) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "body_too_large",
-                    "message": f"body over {self.max_bytes} bytes",
-                    "details": {},
-                }
-            }
-        ).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    def _too_large(self) -> BodyTooLarge:
+        return BodyTooLarge(f"body over {self.max_bytes} bytes")
+
+    async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any, error: DomainError) -> None:
+        await domain_error_response(error)(scope, receive, send)
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from consent_service.api.deps import RuntimeDep, SessionDep, require
 from consent_service.models import PrincipalRef
 from consent_service.schemas import (
+    INT64_MAX,
     AuditEventPublic,
     AuditPagePublic,
     CameoDecisionPublic,
@@ -101,7 +102,7 @@ def audit_events(
     decision: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    after: int | None = None,
+    after: Annotated[int | None, Query(ge=0, le=INT64_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditPagePublic:
     """Audit events, filtered by cameo, actor, action, decision and time, in pages."""
