@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, event
+from sqlalchemy import Connection, Engine, Table, event, text
 from sqlmodel import Session, create_engine
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -195,8 +195,17 @@ def _fdatasync(path: str) -> None:
 def write_transaction(session: Session) -> Iterator[None]:
     """Run the body as this session's one write transaction; the body commits.
 
-    On SQLite, writers of this process queue on a lock here instead of in
-    SQLite's sleep-and-retry busy handler, which adds milliseconds per wait.
+    Writers run one at a time on both databases, so a service may check and then
+    act (is this person already blocked? then add the block) without a race:
+    - SQLite has one writer anyway; writers of this process queue on a lock here
+      instead of in SQLite's sleep-and-retry busy handler, which adds milliseconds
+      per wait.
+    - PostgreSQL: the transaction first locks the consent revision counter's row,
+      which every consent change updates before it commits anyway. Under READ
+      COMMITTED each later statement then sees every write committed before it.
+      Without it, concurrent identical requests each found nothing and each
+      inserted: the losers hit a unique violation (a 500), and two revocations of
+      one grant both reported success (tests/test_concurrency.py).
     Nested use joins the outer transaction.
     """
     if getattr(_writing, "active", False):
@@ -208,11 +217,11 @@ def write_transaction(session: Session) -> Iterator[None]:
     lock = writer_lock(bind.engine) if isinstance(bind, Engine | Connection) else None
     _writing.active = True
     try:
-        if lock is None:
-            yield
-            return
-        with lock:
-            session.connection(execution_options={WRITE_OPTION: True})
+        with lock if lock is not None else contextlib.nullcontext():
+            if lock is not None:
+                session.connection(execution_options={WRITE_OPTION: True})
+            elif bind.dialect.name == "postgresql":
+                session.execute(text(_PG_WRITER_LOCK))
             try:
                 yield
             finally:
@@ -220,6 +229,9 @@ def write_transaction(session: Session) -> Iterator[None]:
                     session.rollback()
     finally:
         _writing.active = False
+
+
+_PG_WRITER_LOCK = "SELECT value FROM revision_counter WHERE id = 1 FOR UPDATE"
 
 
 def writer_lock(engine: Engine) -> threading.Lock | None:
