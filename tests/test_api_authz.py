@@ -107,3 +107,43 @@ def test_authz_platform_learns_decisions_only(api):
         "receipt_expires_at",
     }
     assert set(body["decisions"][0]) == {"handle", "cameo_id", "allowed", "reason", "restrictions"}
+
+
+# Routes anyone may call: key and checkpoint publication, receipt and provenance checks (whoever
+# holds a receipt or a video may ask about it), witness cosignatures (verified against configured
+# witness keys), the biometric notice and retention policy, and health.
+PUBLIC = {
+    ("GET", "/.well-known/jwks.json"),
+    ("GET", "/healthz"),
+    ("GET", "/v1/log/key"),
+    ("GET", "/v1/log/checkpoint"),
+    ("GET", "/v1/log/checkpoints/{size}"),
+    ("POST", "/v1/log/checkpoints/{size}/cosignatures"),
+    ("GET", "/v1/provenance/anchors"),
+    ("GET", "/v1/provenance/status/{generation_id}"),
+    ("POST", "/v1/provenance/lookup"),
+    ("POST", "/v1/provenance/verify"),
+    ("POST", "/v1/consent/receipts/status"),
+    ("GET", "/v1/verification/notice"),
+    ("GET", "/v1/verification/retention"),
+}
+
+
+def test_authz_every_route_in_the_schema_needs_a_key_unless_declared_public(api):
+    """A route added without authentication fails here, not in production."""
+    _setup(api)
+    spec = api.client.app.openapi()
+    seen = set()
+    for path, operations in spec["paths"].items():
+        for method in operations:
+            seen.add((method.upper(), path))
+            url = path.replace("{size}", "1")
+            for name in [p[1:-1] for p in path.split("/") if p.startswith("{")]:
+                url = url.replace("{" + name + "}", "alice")
+            r = api.client.request(method.upper(), url, json={})
+            if (method.upper(), path) in PUBLIC:
+                assert r.status_code != 401, (method, path)
+            else:
+                assert r.status_code == 401, (method, path, r.status_code)
+                assert r.json()["error"]["code"] == "unauthenticated"
+    assert not PUBLIC - seen, PUBLIC - seen
