@@ -529,10 +529,15 @@ def main() -> None:
                 *earlier.get("http_other_runs", []),
                 {"what": "an earlier run of consent_check.py", **kept},
             ]
+        # Which run each kept section came from, carried over however many merges ago it was.
+        origins = earlier.get("sections_from", {})
+        kept_from = {}
         for section in earlier:
-            if section not in result:
+            if section not in result and section not in ("sections_from", "kept_from_run_of"):
                 result[section] = earlier[section]
-                result.setdefault("kept_from_run_of", earlier["when"])
+                kept_from[section] = origins.get(section, earlier["when"])
+        if kept_from:
+            result["sections_from"] = kept_from
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")
