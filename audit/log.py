@@ -33,7 +33,14 @@ from sqlmodel import Session, col
 
 from audit import tree
 from audit.notes import CosignatureInvalid, NoteSigner, WitnessKey, checkpoint_body
-from consent_service.db import insert_values, make_engine, write_connection, write_transaction
+from consent_service.db import (
+    LockHolder,
+    hold_here,
+    insert_values,
+    make_engine,
+    write_connection,
+    write_transaction,
+)
 from consent_service.errors import CheckpointNotFound, CosignatureRejected, LogRequestInvalid, LogTreeBehind
 from consent_service.models import AuditEvent, LogCheckpoint, LogCosignature, LogNode, utcnow
 
@@ -140,7 +147,9 @@ class TransparencyLog:
         self._thread: threading.Thread | None = None
 
     # -- integration -----------------------------------------------------
-    def integrate(self, *, max_leaves: int = 100_000, sign: bool = True) -> int | None:
+    def integrate(
+        self, *, max_leaves: int = 100_000, sign: bool = True, foreground: LockHolder = hold_here
+    ) -> int | None:
         """Add newly committed entries to the tree, and sign a checkpoint; returns the new size.
 
         None means there was nothing to do. Reading, hashing and signing happen
@@ -150,15 +159,17 @@ class TransparencyLog:
         the nodes only; a later call signs a checkpoint over everything integrated
         by then, new entries or not. When another integrator (a thread, another
         instance) changed the tree meanwhile, the work is redone on its tree.
+        `foreground` runs the step that holds the database's write lock (see
+        consent_service/housekeeping.py); the tree's own file is written here.
         """
         for _ in range(_RACE_RETRIES):
-            result = self._integrate_once(max_leaves=max_leaves, sign=sign)
+            result = self._integrate_once(max_leaves=max_leaves, sign=sign, foreground=foreground)
             if not isinstance(result, _Lost):
                 return result
             time.sleep(0.01)
         return None
 
-    def _integrate_once(self, *, max_leaves: int, sign: bool) -> int | _Lost | None:
+    def _integrate_once(self, *, max_leaves: int, sign: bool, foreground: LockHolder) -> int | _Lost | None:
         with Session(self.engine) as session, Session(self.tree_engine) as nodes:
             size = self._integrated_size(nodes)
             published = self._published_size(session)
@@ -207,15 +218,20 @@ class TransparencyLog:
             conn.commit()
         if note is None:
             return new_size
-        with write_connection(self.engine) as conn:
-            if self._published_size(conn) != published:
-                return _LOST  # another integrator signed meanwhile; sign again over its tree
-            conn.execute(
-                insert(LogCheckpoint),
-                {"tree_size": new_size, "root_hash": new_root, "note": note, "created_at": utcnow()},
-            )
-            conn.commit()
-        return new_size
+
+        def publish() -> int | _Lost:
+            with write_connection(self.engine) as conn:
+                if self._published_size(conn) != published:
+                    return _LOST  # another integrator signed meanwhile; sign again over its tree
+                conn.execute(
+                    insert(LogCheckpoint),
+                    {"tree_size": new_size, "root_hash": new_root, "note": note, "created_at": utcnow()},
+                )
+                conn.commit()
+            return new_size
+
+        result: int | _Lost = foreground(publish)
+        return result
 
     def _integrated_size(self, nodes: Session | Connection) -> int:
         """Leaves in the stored tree: the published size, or more when nodes went in unsigned."""
@@ -249,7 +265,14 @@ class TransparencyLog:
         )
         self._thread.start()
 
-    def run(self, *, interval: float, stop: Waitable, alive: Callable[[], bool] = lambda: True) -> None:
+    def run(
+        self,
+        *,
+        interval: float,
+        stop: Waitable,
+        alive: Callable[[], bool] = lambda: True,
+        foreground: LockHolder = hold_here,
+    ) -> None:
         """Sign a checkpoint every `interval` seconds until `stop` is set or `alive()` turns false.
 
         Between checkpoints, new entries go into the tree in smaller steps: one step
@@ -261,7 +284,7 @@ class TransparencyLog:
         while not stop.wait(step) and alive():
             due = time.monotonic() - signed_at >= interval - step / 2
             try:
-                self.integrate(sign=due)
+                self.integrate(sign=due, foreground=foreground)
             except Exception:
                 log.exception("log integration failed; retrying")
             if due:

@@ -90,6 +90,15 @@ def make_engine(
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
+# Runs a callable that holds a lock requests wait on, and returns its result: where it runs is the
+# caller's choice (housekeeping.Foreground: on a thread that is not at SCHED_IDLE).
+LockHolder = Callable[[Callable[[], Any]], Any]
+
+
+def hold_here(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
 class WalCheckpointer:
     """Runs every SQLite WAL checkpoint off the request path, once a second, and bounds the WAL.
 
@@ -121,8 +130,17 @@ class WalCheckpointer:
     2 KB pages, 2,048, 4,096 and 16,384 were within the noise of 8,192.
     """
 
-    def __init__(self, engine: Engine, *, interval: float = 1.0, restart_pages: int = 8_192) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        interval: float = 1.0,
+        restart_pages: int = 8_192,
+        foreground: LockHolder = hold_here,
+    ) -> None:
+        """`foreground` runs the locked pass, which every writer waits for."""
         self._engine = engine
+        self._foreground = foreground
         self._interval = interval
         self._restart_pages = restart_pages
         self._stop = threading.Event()
@@ -161,23 +179,26 @@ class WalCheckpointer:
             if frames - copied > _LOCKED_PASS_FRAMES:
                 db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 _fdatasync(path)
-            hold: Any = holder.driver_connection
-            lock = writer_lock(self._engine)
-            with lock if lock is not None else contextlib.nullcontext():
-                hold.execute("PRAGMA busy_timeout=20")
-                try:
-                    hold.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError:
-                    return False  # a long write transaction elsewhere: try next round
-                try:
-                    _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                finally:
-                    hold.execute("ROLLBACK")
-                    hold.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            return bool(frames == copied)
+            done: bool = self._foreground(lambda: self._locked_pass(db, holder.driver_connection))
+            return done
         finally:
             holder.close()
             raw.close()
+
+    def _locked_pass(self, db: Any, hold: Any) -> bool:
+        lock = writer_lock(self._engine)
+        with lock if lock is not None else contextlib.nullcontext():
+            hold.execute("PRAGMA busy_timeout=20")
+            try:
+                hold.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return False  # a long write transaction elsewhere: try next round
+            try:
+                _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                hold.execute("ROLLBACK")
+                hold.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        return bool(frames == copied)
 
 
 _LOCKED_PASS_FRAMES = 64

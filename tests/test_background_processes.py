@@ -12,6 +12,7 @@ import pickle
 import shutil
 import signal
 import sqlite3
+import threading
 import time
 from types import SimpleNamespace
 
@@ -25,7 +26,7 @@ from consent_service.audit_process import AppenderProcess, answer, to_wire
 from consent_service.audit_writer import AuditWriter
 from consent_service.db import make_engine
 from consent_service.errors import AuditUnavailable
-from consent_service.housekeeping import HousekeeperProcess
+from consent_service.housekeeping import Foreground, HousekeeperProcess, _yield_to_requests
 from consent_service.models import AuditEvent, LogCheckpoint
 from consent_service.receipts import ReceiptKeys
 from consent_service.services.changes import Event
@@ -357,6 +358,9 @@ def test_one_housekeeper_per_data_dir_integrates_the_log(process_settings, sqlit
         while time.monotonic() < deadline and {os.sched_getscheduler(p) for p in pids} != {os.SCHED_IDLE}:
             time.sleep(0.1)
         assert [os.sched_getscheduler(p) for p in pids] == [os.SCHED_IDLE] * 2
+        # ...all but the one thread that holds SQLite's write lock for it (Foreground).
+        policies = [os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{pids[0]}/task")]
+        assert policies.count(os.SCHED_OTHER) == 1 and policies.count(os.SCHED_IDLE) >= 2, policies
         first.stop()
         # The standby takes over: new rows still get integrated.
         writer = AuditWriter(engine)
@@ -396,3 +400,51 @@ def test_the_default_process_layout_serves_checks_end_to_end(process_settings, s
             status = client.get("/v1/log/checkpoint").status_code
         assert status == 200  # signed by the housekeeper
         full_log_check(log)
+
+
+def test_foreground_keeps_lock_holding_work_off_the_idle_thread():
+    """Work handed to Foreground runs at the priority its creator had, even from a SCHED_IDLE thread."""
+    seen: dict = {}
+
+    def upkeep() -> None:  # a thread of its own: a thread cannot leave SCHED_IDLE once in it
+        foreground = Foreground()
+        try:
+            _yield_to_requests()
+            seen["caller"] = os.sched_getscheduler(0)
+            seen["foreground"] = foreground(lambda: os.sched_getscheduler(0))
+            try:
+                foreground(lambda: 1 / 0)
+            except ZeroDivisionError:
+                seen["raised"] = True
+        finally:
+            foreground.close()
+
+    thread = threading.Thread(target=upkeep)
+    thread.start()
+    thread.join()
+    assert seen == {"caller": os.SCHED_IDLE, "foreground": os.SCHED_OTHER, "raised": True}
+
+
+def test_integration_inserts_checkpoints_through_foreground(process_settings, sqlite_url):
+    from consent_service.app import build_log
+
+    engine = make_engine(sqlite_url)
+    writer = AuditWriter(engine)
+    writer.start()
+    asyncio.run(writer.append(_checks(3)[0], revision=1))
+    log = build_log(process_settings, engine)
+    held: list[int] = []
+
+    def foreground(fn):
+        held.append(1)
+        return fn()
+
+    assert log.integrate(sign=False, foreground=foreground) is not None
+    assert held == []  # nodes only: the tree's own file, no lock that requests wait on
+    assert log.integrate(foreground=foreground) is not None
+    assert held == [1]
+    with Session(engine) as s:
+        assert s.exec(select(func.max(LogCheckpoint.tree_size))).one() == 1
+    writer.stop()
+    log.close()
+    engine.dispose()

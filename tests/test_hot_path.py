@@ -132,7 +132,14 @@ def test_wal_checkpointer_starts_a_growing_wal_over(tmp_path, sqlite_template):
     engine = make_engine(f"sqlite:///{tmp_path}/w.db")
     writer = AuditWriter(engine)
     writer.start()
-    checkpointer = WalCheckpointer(engine, restart_pages=200)
+    locked_passes: list[str] = []
+
+    def foreground(fn):
+        # The housekeeper runs the locked pass on a thread that is not at SCHED_IDLE.
+        locked_passes.append(threading.current_thread().name)
+        return fn()
+
+    checkpointer = WalCheckpointer(engine, restart_pages=200, foreground=foreground)
     stop = threading.Event()
 
     async def write_until_stopped():
@@ -165,6 +172,7 @@ def test_wal_checkpointer_starts_a_growing_wal_over(tmp_path, sqlite_template):
     asyncio.run(writer.append([Event("consent.check", "last", "s")], revision=1))
     writer.stop()
     assert restarted, "the WAL never reached the threshold or was never checkpointed to its end"
+    assert locked_passes, "the locked pass did not go through `foreground`"
     after = wal_restarts()
     assert after > before  # the next commit after the locked pass started it over
     engine.dispose()
