@@ -226,3 +226,34 @@ def test_templates_are_sealed_under_a_rotatable_key(vapi: Any, tmp_path: Path) -
             SecretBox(current=bytes(range(32))), cameo_id=row.cameo_id, kind="face", sealed=row.face_sealed
         )
     assert np.allclose(again, face)
+
+
+def test_one_nonce_sent_six_times_at_once_is_accepted_once(vapi: Any, tmp_path: Path) -> None:
+    import threading
+    from collections import Counter
+
+    ch = challenge(vapi, "alice")
+    clip = clip_for(ch, tmp_path / "c.mp4")
+    answers: list[Any] = []
+    accepted: list[str] = []
+    start = threading.Barrier(6)
+
+    def send() -> None:
+        start.wait()
+        try:
+            r = upload(vapi, "alice", ch, clip)
+            answers.append((r.status_code, r.json().get("error", {}).get("code")))
+            if r.status_code == 202:
+                accepted.append(r.json()["id"])
+        except Exception as exc:  # an unhandled server error, re-raised by the test client
+            answers.append((type(exc).__name__, None))
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Counter(answers) == Counter({(202, None): 1, (409, "nonce_replayed"): 5})
+    with Session(_engine(vapi)) as s:
+        assert len(s.exec(select(VerificationAttempt)).all()) == 1
+    wait(vapi, "alice", accepted[0])
