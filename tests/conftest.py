@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -229,3 +230,26 @@ def gen_api(settings: Settings, tiny_wan: Path) -> Iterator[Api]:
         )
         yield api
         full_log_check(client.app.state.runtime.log)
+
+
+def at_once(fn: Callable[[], Any], copies: int) -> list[Any]:
+    """Run `fn` in `copies` threads released together: each one's result, or the name of what it raised.
+
+    The test client re-raises what the app left unhandled, so a 500 shows up here as an exception name.
+    """
+    results: list[Any] = []
+    start = threading.Barrier(copies)
+
+    def one() -> None:
+        start.wait()
+        try:
+            results.append(fn())
+        except Exception as exc:
+            results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=one) for _ in range(copies)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

@@ -8,31 +8,17 @@ their insert or delete.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 
 import pytest
+
+from tests.conftest import at_once
 
 COPIES = 8
 
 
 def _at_once(api, method, url, who, body=None) -> Counter:
-    statuses: list[int | str] = []
-    start = threading.Barrier(COPIES)
-
-    def one() -> None:
-        start.wait()
-        try:
-            statuses.append(api.call(method, url, who, json=body).status_code)
-        except Exception as exc:  # an unhandled server error, re-raised by the test client
-            statuses.append(type(exc).__name__)
-
-    threads = [threading.Thread(target=one) for _ in range(COPIES)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return Counter(statuses)
+    return Counter(at_once(lambda: api.call(method, url, who, json=body).status_code, COPIES))
 
 
 def _events(api, action: str) -> int:

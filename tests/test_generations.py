@@ -341,23 +341,12 @@ def test_generation_takedown_during_signing_is_never_released(gen_api):
 
 
 def test_generation_idempotency_key_sent_six_times_at_once_makes_one_job(gen_api):
-    import threading
-
-    ids: list = []
-    start = threading.Barrier(6)
+    from tests.conftest import at_once
 
     def send():
-        start.wait()
-        try:
-            r = _request(gen_api, "bob", "@alice jumps", idempotency_key="same")
-            ids.append(r.json()["id"] if r.status_code == 202 else r.status_code)
-        except Exception as exc:  # an unhandled server error, re-raised by the test client
-            ids.append(type(exc).__name__)
+        r = _request(gen_api, "bob", "@alice jumps", idempotency_key="same")
+        return r.json()["id"] if r.status_code == 202 else r.status_code
 
-    threads = [threading.Thread(target=send) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(ids) == 6 and len(set(ids)) == 1 and isinstance(ids[0], str) and len(ids[0]) > 8, ids
+    ids = at_once(send, 6)
+    assert len(set(ids)) == 1 and isinstance(ids[0], str) and len(ids[0]) > 8, ids
     _wait(gen_api, ids[0])
