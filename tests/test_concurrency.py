@@ -30,9 +30,18 @@ def _events(api, action: str) -> int:
 @pytest.mark.parametrize(
     ("name", "method", "url", "who", "body", "expected", "action", "events"),
     [
-        ("follow", "PUT", "/v1/follows/alice", "bob", None, {200: COPIES}, None, 0),
+        ("follow", "PUT", "/v1/follows/alice", "bob", None, {200: COPIES}, "follow.create", 1),
         ("unfollow", "DELETE", "/v1/follows/carl", "bob", None, {200: 1, 404: 7}, "follow.remove", 1),
-        ("block", "POST", "/v1/cameos/alice/blocks", "alice", {"handle": "dave"}, {201: COPIES}, None, 0),
+        (
+            "block",
+            "POST",
+            "/v1/cameos/alice/blocks",
+            "alice",
+            {"handle": "dave"},
+            {201: COPIES},
+            "block.create",
+            1,
+        ),
         (
             "unblock",
             "DELETE",
@@ -84,3 +93,17 @@ def test_concurrent_identical_changes_take_effect_once(
         assert _events(api, action) - before == events, name
     if name == "revoke":
         assert api.check("bob", ["alice"]).json()["allowed"] is False
+
+
+def test_a_repeated_follow_or_block_changes_nothing_and_answers_the_current_revision(api):
+    api.user_with_cameo("alice")
+    api.principal("bob")
+    first = api.call("PUT", "/v1/follows/alice", "bob").json()["consent_revision"]
+    assert api.call("PUT", "/v1/follows/alice", "bob").json()["consent_revision"] == first
+    block = {"handle": "bob"}
+    blocked = api.call("POST", "/v1/cameos/alice/blocks", "alice", json=block).json()["consent_revision"]
+    assert blocked > first
+    again = api.call("POST", "/v1/cameos/alice/blocks", "alice", json=block)
+    assert (again.status_code, again.json()["consent_revision"]) == (201, blocked)
+    assert (_events(api, "follow.create"), _events(api, "block.create")) == (1, 1)
+    assert api.check("bob", ["alice"]).json()["decisions"][0]["reason"] == "blocked"

@@ -156,6 +156,12 @@ def write_event(session: Session, event: Event, *, revision: int | None) -> None
     write_events(session, [event], revision=revision)
 
 
+def current_revision(session: Session) -> int:
+    """The newest consent revision, for a request that changes nothing: inside a write transaction
+    no change can commit before it returns, so a check at this revision sees the state it found."""
+    return int(session.execute(text("SELECT value FROM revision_counter WHERE id = 1")).scalar_one())
+
+
 def record_change(session: Session, *, ops: list[dict[str, Any]], events: list[Event]) -> int:
     """Bump the consent revision, log the ops for replicas and write audit events; returns the revision.
 

@@ -23,7 +23,7 @@ from consent_service.models import (
 )
 from consent_service.replica import ConsentReplica, grant_op
 from consent_service.services.cameos import authorize_change, authorize_view, load_cameo
-from consent_service.services.changes import Event, commit_change
+from consent_service.services.changes import Event, commit_change, current_revision
 from consent_service.services.principals import get_by_handle
 
 
@@ -190,8 +190,9 @@ def block(
     )
     if blocked.id == owner.id:
         raise InvalidRequest("you cannot block yourself")
-    if session.get(Block, (cameo.id, blocked.id)) is None:
-        session.add(Block(cameo_id=cameo.id, blocked_id=blocked.id))
+    if session.get(Block, (cameo.id, blocked.id)) is not None:
+        return current_revision(session)  # blocked already: no change, so no event and no revision
+    session.add(Block(cameo_id=cameo.id, blocked_id=blocked.id))
     session.flush()
     event = Event(
         "block.create", actor.id, owner.id, decision="deny", reason="blocked", details={"blocked": blocked.id}
@@ -254,8 +255,9 @@ def follow(session: Session, replica: ConsentReplica, *, actor: PrincipalLike, h
     target = _user(session, handle)
     if target.id == actor.id:
         raise InvalidRequest("you cannot follow yourself")
-    if session.get(Follow, (actor.id, target.id)) is None:
-        session.add(Follow(follower_id=actor.id, followee_id=target.id))
+    if session.get(Follow, (actor.id, target.id)) is not None:
+        return current_revision(session)  # following already: no change, so no event and no revision
+    session.add(Follow(follower_id=actor.id, followee_id=target.id))
     session.flush()
     return commit_change(
         session,
