@@ -12,7 +12,6 @@ import os
 import platform
 import random
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,10 +19,12 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.http_harness import free_port, http_load, pct_ms, serve  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "consent_check.json"
 PG_URL = os.environ.get("CONSENT_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/consent_bench")
 
@@ -35,14 +36,9 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 4)
-
-
 def _round_p99s(lat: list[float], rounds: int) -> list[float]:
     size = len(lat) // rounds
-    return [_pct(lat[i * size : (i + 1) * size], 0.99) for i in range(rounds)]
+    return [pct_ms(lat[i * size : (i + 1) * size], 0.99) for i in range(rounds)]
 
 
 def in_process(size: int) -> dict:
@@ -137,245 +133,27 @@ def in_process(size: int) -> dict:
         "decision": {
             "n": n_checks * rounds,
             "allowed": allowed,
-            "p50_ms": _pct(lat, 0.5),
+            "p50_ms": pct_ms(lat, 0.5),
             "p99_ms": statistics.median(round_p99s := _round_p99s(lat, rounds)),
             "p99_ms_per_round": round_p99s,
             "mean_ms": round(statistics.fmean(lat) * 1000, 4),
         },
         "grant_service_sqlite": {
             "n": len(grant_lat),
-            "p50_ms": _pct(grant_lat, 0.5),
-            "p99_ms": _pct(grant_lat, 0.99),
+            "p50_ms": pct_ms(grant_lat, 0.5),
+            "p99_ms": pct_ms(grant_lat, 0.99),
         },
         "revoke_service_sqlite": {
             "n": len(revoke_lat),
-            "p50_ms": _pct(revoke_lat, 0.5),
-            "p99_ms": _pct(revoke_lat, 0.99),
+            "p50_ms": pct_ms(revoke_lat, 0.5),
+            "p99_ms": pct_ms(revoke_lat, 0.99),
         },
         "enforcer_apply": {
             "n": len(apply_lat),
-            "p50_ms": _pct(apply_lat, 0.5),
-            "p99_ms": _pct(apply_lat, 0.99),
+            "p50_ms": pct_ms(apply_lat, 0.5),
+            "p99_ms": pct_ms(apply_lat, 0.99),
         },
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(
-    url: str, port: int, data_dir: str, extra_env: dict | None = None, *, cwd: Path = ROOT
-) -> subprocess.Popen:
-    """uvicorn on the code in `cwd` (another checkout's, for bench/http_ab.py)."""
-    env = {**os.environ, "CONSENT_DATABASE_URL": url, "CONSENT_DATA_DIR": data_dir, **(extra_env or {})}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "consent_service.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=cwd,
-        env=env,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
-def machine_state(directory: str) -> dict:
-    """What the neighbours are doing: fdatasync latency where the database lives, and CPU pressure.
-
-    The same code measured p99 13 ms and 7 ms at 1,500/s twenty minutes apart
-    on this shared machine, while a do-nothing ASGI app under the same load
-    generator stayed between 1.5 and 2.5 ms. So each HTTP section records how the disk
-    and the CPUs were doing, before and after its runs.
-    """
-    path = Path(directory) / "sync-probe"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        small = []
-        for i in range(200):
-            os.pwrite(fd, os.urandom(4096), (i % 64) * 4096)
-            t0 = time.perf_counter()
-            os.fdatasync(fd)
-            small.append(time.perf_counter() - t0)
-        chunk, large = os.urandom(1 << 20), []
-        for _ in range(5):
-            for j in range(16):
-                os.pwrite(fd, chunk, j << 20)
-            t0 = time.perf_counter()
-            os.fdatasync(fd)
-            large.append(time.perf_counter() - t0)
-    finally:
-        os.close(fd)
-        path.unlink()
-    pressure = Path("/proc/pressure/cpu")
-    return {
-        "fdatasync_4k_p50_ms": _pct(small, 0.5),
-        "fdatasync_4k_p99_ms": _pct(small, 0.99),
-        "fdatasync_16mb_median_ms": _pct(large, 0.5),
-        "cpu_pressure": pressure.read_text().splitlines()[0] if pressure.exists() else None,
-    }
-
-
-def check_bodies(data: Any) -> list[dict]:
-    """2,000 checks of granted pairs (a bench.dataset.Dataset), the same for every run."""
-    rng = random.Random(3)
-    bodies = []
-    for _ in range(2000):
-        oi, gi = data.granted[rng.randrange(len(data.granted))]
-        bodies.append(
-            {
-                "actor_handle": data.grantees[gi][1],
-                "cameo_handles": [data.owners[oi][1]],
-                "prompt": f"@{data.owners[oi][1]} waves at the camera",
-            }
-        )
-    return bodies
-
-
-def load(*, port: int, token: str, bodies: Path, rate: int, seconds: float, warmup: bool = False) -> dict:
-    """One run of bench/loadgen.py in its own process; its JSON summary."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "loadgen.py"),
-            *(["--warmup"] if warmup else []),
-            "--port",
-            str(port),
-            "--token",
-            token,
-            "--bodies",
-            str(bodies),
-            "--rate",
-            str(rate),
-            "--seconds",
-            str(seconds),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
-    return json.loads(out.stdout)
-
-
-# A neighbour on the machine: a busy loop for `duty` of every 10 ms.
-_NEIGHBOUR = """
-import sys, time
-duty = float(sys.argv[1])
-while True:
-    t = time.perf_counter()
-    while time.perf_counter() - t < 0.01 * duty:
-        pass
-    time.sleep(0.01 * (1 - duty))
-"""
-
-
-def http_load(rates: list[int], seconds: float, repeats: int = 3, neighbour_duty: float = 0.0) -> dict:
-    """Drive a real uvicorn server from a second process at fixed request rates.
-
-    With `neighbour_duty`, the top rate is then run again beside a process that keeps that
-    share of one core busy: a reproducible stand-in for the busy hours of a shared machine.
-    """
-    from bench.dataset import build
-
-    tmp = tempfile.mkdtemp(prefix="consent-http-")
-    url = f"sqlite:///{tmp}/http.db"
-    data = build(url, grants=100_000)
-    body_file = Path(tmp) / "bodies.json"
-    body_file.write_text(json.dumps(check_bodies(data)))
-    port = _free_port()
-    before = machine_state(tmp)
-    server = _serve(url, port, tmp)
-    runs = []
-    neighbour: dict = {}
-    try:
-        for i, rate in enumerate(rates * repeats):
-            runs.append(
-                load(
-                    port=port,
-                    token=data.platform_token,
-                    bodies=body_file,
-                    rate=rate,
-                    seconds=seconds,
-                    warmup=i == 0,
-                )
-            )
-            print("http", runs[-1], flush=True)
-        if neighbour_duty:
-            neighbour = _beside_a_neighbour(
-                neighbour_duty, port, data.platform_token, body_file, max(rates), seconds, repeats
-            )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    # The machine is shared: each rate is run `repeats` times, interleaved, and
-    # the median run by p99 is the one reported per rate.
-    by_rate = {
-        rate: sorted((r for r in runs if r["target_rps"] == rate), key=lambda r: r["p99_ms"])
-        for rate in rates
-    }
-    return {
-        "grants": 100_000,
-        "database": "sqlite",
-        "server": "uvicorn, 1 process, the default settings: checks on the hot path; audit rows committed "
-        "by the appender child process; log integration and WAL checkpoints in the housekeeper process",
-        "seconds_per_rate": seconds,
-        "repeats": repeats,
-        "each_check": "1 cameo, audit row committed, Ed25519 receipt signed",
-        "median_by_p99": [group[len(group) // 2] for group in by_rate.values()],
-        "runs": runs,
-        "machine_state": {"before": before, "after": machine_state(tmp)},
-        **({"with_neighbour": neighbour} if neighbour else {}),
-    }
-
-
-def _beside_a_neighbour(
-    duty: float, port: int, token: str, bodies: Path, rate: int, seconds: float, repeats: int
-) -> dict:
-    proc = subprocess.Popen([sys.executable, "-c", _NEIGHBOUR, str(duty)])
-    try:
-        time.sleep(0.5)
-        t0, cpu0 = time.monotonic(), _process_cpu(proc.pid)
-        runs = [
-            load(port=port, token=token, bodies=bodies, rate=rate, seconds=seconds) for _ in range(repeats)
-        ]
-        cores = (_process_cpu(proc.pid) - cpu0) / (time.monotonic() - t0)
-    finally:
-        proc.kill()
-        proc.wait()
-    for run in runs:
-        print("http beside a neighbour", run, flush=True)
-    return {
-        "neighbour": f"a busy loop for {duty:.0%} of every 10 ms",
-        "neighbour_cores_measured": round(cores, 3),
-        "median_by_p99": sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2],
-        "runs": runs,
-    }
-
-
-def _process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def revocation_lag(trials: int) -> dict:
@@ -396,8 +174,8 @@ def revocation_lag(trials: int) -> dict:
     with Session(engine, expire_on_commit=False) as s:
         owner_key = issue_key(s, handle=data.owners[0][1], issued_by=None).token
     engine.dispose()
-    pa, pb = _free_port(), _free_port()
-    a, b = _serve(PG_URL, pa, tmp), _serve(PG_URL, pb, tmp)
+    pa, pb = free_port(), free_port()
+    a, b = serve(PG_URL, pa, tmp), serve(PG_URL, pb, tmp)
     plat = {"Authorization": f"Bearer {data.platform_token}"}
     owner = {"Authorization": f"Bearer {owner_key}"}
     owner_handle = data.owners[0][1]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.consent_check import _free_port, _serve, check_bodies, load, machine_state  # noqa: E402
+from bench.http_harness import check_bodies, free_port, load, machine_state, process_cpu, serve  # noqa: E402
 
 # Run in the side's own checkout, so its own migrations and dataset code build the database.
 _BUILD = """
@@ -38,21 +37,15 @@ import dataclasses, json, sys
 from bench.dataset import build
 json.dump(dataclasses.asdict(build(sys.argv[1], grants=100_000)), open(sys.argv[2], "w"))
 """
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
-
-
 def _tree_cpu(pid: int) -> dict[int, float]:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return {p: _cpu_seconds(p) for p in [pid, *map(int, children)]}
+    return {p: process_cpu(p) for p in [pid, *map(int, children)]}
 
 
 def _prepare(code: Path, into: Path) -> SimpleNamespace:
@@ -70,8 +63,8 @@ def _session(code: Path, built: Path, token: str, a: argparse.Namespace) -> tupl
     run = built.with_name(built.name + "-run")
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(built, run)
-    port = _free_port()
-    server = _serve(f"sqlite:///{run}/http.db", port, str(run), cwd=code)
+    port = free_port()
+    server = serve(f"sqlite:///{run}/http.db", port, str(run), cwd=code)
     try:
         load(port=port, token=token, bodies=run / "bodies.json", rate=a.rate, seconds=a.seconds, warmup=True)
         before, t0 = _tree_cpu(server.pid), time.monotonic()
