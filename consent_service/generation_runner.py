@@ -12,13 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, text, update
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from consent_service.db import write_transaction
 from consent_service.models import Cameo, Generation, GenerationCameo, GenerationStatus, Principal, utcnow
 from consent_service.replica import ConsentReplica
-from consent_service.services.changes import Event, write_event
+from consent_service.services.changes import Event, current_revision, write_event
 from consent_service.services.checks import decide_now
 from consent_service.worker_thread import ThreadWorker
 from generator_adapter.interface import (
@@ -273,11 +273,10 @@ class GenerationRunner(ThreadWorker):
         digest = _sha256(signed)
         final = self.outputs_dir / "released" / f"{generation_id}.mp4"
         final.parent.mkdir(parents=True, exist_ok=True)
+        # write_transaction holds the lock every consent change takes (SQLite's write lock; the
+        # revision counter's row on PostgreSQL) until the release commits.
         with Session(self.engine) as session, write_transaction(session):
-            lock = "SELECT value FROM revision_counter WHERE id = 1"
-            if self.engine.dialect.name == "postgresql":
-                lock += " FOR UPDATE"
-            revision = int(session.execute(text(lock)).scalar_one())
+            revision = current_revision(session)
             if revision > self.replica.policy.revision:
                 self.replica.catch_up()
             problem = self._consent_problem(actor, owners)
