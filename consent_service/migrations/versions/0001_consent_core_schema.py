@@ -209,3 +209,6 @@ def downgrade() -> None:
 
     op.drop_table("audit_event")
     # ### end Alembic commands ###
+    # PostgreSQL keeps enum types after their tables are gone; a later upgrade would collide with them.
+    for name in ("principalkind", "cameostate", "audience"):
+        sa.Enum(name=name).drop(op.get_bind(), checkfirst=True)

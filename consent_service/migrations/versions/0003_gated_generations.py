@@ -106,3 +106,5 @@ def downgrade() -> None:
 
     op.drop_table("generation")
     # ### end Alembic commands ###
+    # PostgreSQL keeps the enum type after its table is gone; a later upgrade would collide with it.
+    sa.Enum(name="generationstatus").drop(op.get_bind(), checkfirst=True)
