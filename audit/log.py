@@ -101,6 +101,11 @@ def tree_engine_for(engine: Engine) -> Engine:
     return nodes
 
 
+def _frontier(nodes: Session, size: int) -> tree.Frontier:
+    """The stored tree's right edge, to append to."""
+    return tree.Frontier(size, _fetch(nodes, set(tree.Frontier.coords(size))))
+
+
 def _getter(nodes: dict[tree.Coord, bytes]) -> tree.NodeGetter:
     def get(level: int, idx: int) -> bytes:
         try:
@@ -173,47 +178,26 @@ class TransparencyLog:
         with Session(self.engine) as session, Session(self.tree_engine) as nodes:
             size = self._integrated_size(nodes)
             published = self._published_size(session)
-            rebuilding = size < published
-            if rebuilding:
-                # The tree lost nodes that checkpoints cover (a deleted tree file): rebuild it
-                # unsigned, one checkpoint at a time whatever max_leaves says, and store each
-                # step only once its root equals that checkpoint's, so that no proof is ever
-                # served from nodes that no signed root vouches for.
+            if size < published:
+                # The tree lost nodes that checkpoints cover (a deleted tree file).
                 target = session.execute(
                     select(func.min(LogCheckpoint.tree_size)).where(col(LogCheckpoint.tree_size) > size)
                 ).scalar_one()
-                max_leaves, sign = int(target) - size, False
-            rows = session.execute(
-                select(col(AuditEvent.seq), col(AuditEvent.entry))
-                .where(col(AuditEvent.seq) >= size)
-                .order_by(col(AuditEvent.seq))
-                .limit(max_leaves)
-            ).all()
-            entries = []
-            for expected, (seq, entry) in enumerate(rows, start=size):
-                if seq != expected:
-                    break  # a gap cannot commit before what precedes it; stop and retry later
-                entries.append(entry.encode())
+                return self._rebuild_step(_frontier(nodes, size), target=int(target), chunk=max_leaves)
+            entries = self._entries(session, start=size, limit=max_leaves)
             if not entries and not (sign and size > published):
                 return None
-            frontier = tree.Frontier(size, _fetch(nodes, set(tree.Frontier.coords(size))))
-            if not rebuilding:
-                self._check_extends(session, nodes, published)
+            frontier = _frontier(nodes, size)
+            self._check_extends(session, nodes, published)
         created = frontier.append(entries)
         new_size, new_root = frontier.size, frontier.root()
-        if rebuilding:
-            self._check_rebuilt(new_size, new_root)
         note = self.signer.sign(checkpoint_body(self.origin, new_size, new_root)) if sign else None
         # The nodes commit first and the checkpoint after, each under its own file's write
         # lock: a checkpoint is never stored over nodes that are not, and nodes stored
         # without one are what `sign=False` leaves anyway.
-        with write_connection(self.tree_engine) as conn:
-            if self.tree_engine.dialect.name == "postgresql":
-                got = conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
-                if not got.scalar_one():
-                    return _LOST  # another integrator is writing right now
-            if self._integrated_size(conn) != size:
-                return _LOST  # another integrator went first
+        with self._tree_writer(size) as conn:
+            if conn is None:
+                return _LOST
             insert_values(conn, table=LogNode.__table__, columns=("level", "idx", "hash"), rows=created)  # type: ignore[attr-defined]
             conn.commit()
         if note is None:
@@ -232,6 +216,60 @@ class TransparencyLog:
 
         result: int | _Lost = foreground(publish)
         return result
+
+    def _rebuild_step(self, frontier: tree.Frontier, *, target: int, chunk: int) -> int | _Lost:
+        """Rebuild the nodes up to checkpoint `target`, unsigned, `chunk` entries at a time.
+
+        One step per checkpoint, whatever its size: the chunks go into one transaction
+        on the tree's file, which commits only once the step's root equals the
+        checkpoint's. So no proof is ever served from nodes that no signed root vouches
+        for, and memory stays bounded by `chunk` even for a first checkpoint over
+        millions of entries.
+        """
+        with self._tree_writer(frontier.size) as conn:
+            if conn is None:
+                return _LOST
+            while frontier.size < target:
+                with Session(self.engine) as session:
+                    entries = self._entries(
+                        session, start=frontier.size, limit=min(chunk, target - frontier.size)
+                    )
+                if not entries:
+                    raise RuntimeError(
+                        f"refusing to rebuild: entry {frontier.size} of checkpoint {target} is gone"
+                    )
+                created = frontier.append(entries)
+                insert_values(conn, table=LogNode.__table__, columns=("level", "idx", "hash"), rows=created)  # type: ignore[attr-defined]
+            self._check_rebuilt(target, frontier.root())
+            conn.commit()
+        return target
+
+    @contextmanager
+    def _tree_writer(self, size: int) -> Iterator[Connection | None]:
+        """The tree's write transaction, or None when another integrator moved the tree past `size`."""
+        with write_connection(self.tree_engine) as conn:
+            if self.tree_engine.dialect.name == "postgresql":
+                got = conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+                if not got.scalar_one():
+                    yield None  # another integrator is writing right now
+                    return
+            yield None if self._integrated_size(conn) != size else conn
+
+    @staticmethod
+    def _entries(session: Session, *, start: int, limit: int) -> list[bytes]:
+        """Up to `limit` committed entries from position `start` on, stopping at the first gap."""
+        rows = session.execute(
+            select(col(AuditEvent.seq), col(AuditEvent.entry))
+            .where(col(AuditEvent.seq) >= start)
+            .order_by(col(AuditEvent.seq))
+            .limit(limit)
+        ).all()
+        entries = []
+        for expected, (seq, entry) in enumerate(rows, start=start):
+            if seq != expected:
+                break  # a gap cannot commit before what precedes it; stop and retry later
+            entries.append(entry.encode())
+        return entries
 
     def _integrated_size(self, nodes: Session | Connection) -> int:
         """Leaves in the stored tree: the published size, or more when nodes went in unsigned."""
