@@ -69,6 +69,74 @@ def test_directory_key_cache_expires_and_handles_resolve(db_url):
     engine.dispose()
 
 
+def _user_with_key(engine, handle="alice"):
+    with Session(engine, expire_on_commit=False) as s:
+        return create_principal(
+            s, kind=PrincipalKind.user, handle=handle, birth_date=date(1990, 1, 1), created_by=None
+        )
+
+
+def _disable(engine, handle="alice"):
+    with Session(engine) as s:
+        p = s.exec(select(Principal).where(Principal.handle == handle)).one()
+        p.disabled = True
+        s.add(p)
+        s.commit()
+
+
+class _CountingDirectory(Directory):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loads = 0
+
+    def _load_key(self, key_id):
+        self.loads += 1
+        time.sleep(0.02)  # a load that takes a while, as under load
+        return super()._load_key(key_id)
+
+
+def test_directory_loads_an_expired_key_once_for_every_request_waiting_on_it(db_url):
+    engine = make_engine(db_url)
+    issued = _user_with_key(engine)
+    directory = _CountingDirectory(engine, key_ttl=5)
+
+    async def burst():
+        first = asyncio.ensure_future(directory.authenticate(issued.token))
+        await asyncio.sleep(0)
+        first.cancel()  # one caller going away must not cancel the load the others wait on
+        refs = await asyncio.gather(*[directory.authenticate(issued.token) for _ in range(40)])
+        return first, refs
+
+    first, refs = asyncio.run(burst())
+    assert first.cancelled()
+    assert {r.handle for r in refs} == {"alice"}
+    assert directory.loads == 1
+    engine.dispose()
+
+
+def test_directory_reloads_a_key_ahead_of_expiry_and_drops_one_found_disabled(db_url):
+    engine = make_engine(db_url)
+    issued = _user_with_key(engine)
+    directory = _CountingDirectory(engine, key_ttl=2)
+
+    async def scenario():
+        await directory.authenticate(issued.token)
+        await asyncio.sleep(1.7)  # inside the last fifth of the key's time to live, with a margin
+        _disable(engine)
+        # Still answered from the cache, within the time to live; a reload starts behind it.
+        assert (await directory.authenticate(issued.token)).handle == "alice"
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if directory.loads == 2 and not directory._loading:
+                break
+        assert directory.loads == 2
+        with pytest.raises(Unauthenticated):
+            await directory.authenticate(issued.token)
+
+    asyncio.run(scenario())
+    engine.dispose()
+
+
 def test_audit_writer_on_sqlite_waits_for_the_writer_lock_without_blocking_the_loop(
     tmp_path, sqlite_template
 ):
