@@ -301,8 +301,9 @@ def main() -> None:
         if "http" in result and "http" in earlier:
             # The HTTP numbers move with the hour, so every run's stays on record.
             kept = {k: earlier["http"][k] for k in ("when", "commit", "median_by_p99", "machine_state")}
-            if "with_neighbour" in earlier["http"]:
-                kept["with_neighbour"] = earlier["http"]["with_neighbour"]["median_by_p99"]
+            for part in ("with_neighbour", "floor"):
+                if part in earlier["http"]:
+                    kept[part] = earlier["http"][part]["median_by_p99"]
             result["http_other_runs"] = [
                 *earlier.get("http_other_runs", []),
                 {"what": "an earlier run of consent_check.py", **kept},
