@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
@@ -22,6 +23,8 @@ from consent_service.secretbox import SecretBox
 from consent_service.services.changes import Event, write_event
 
 log = logging.getLogger(__name__)
+# Beyond the sum of the claimed attempts' timeouts: signing, recording, a slow machine.
+_CLAIM_MARGIN_SECONDS = 30.0
 SIGNATURE_HEADER = "X-Consent-Signature"
 
 
@@ -73,24 +76,46 @@ class WebhookDispatcher:
 
     def deliver_due(self, *, limit: int = 50) -> int:
         """Attempt every delivery that is due; returns how many were attempted."""
-        with Session(self._engine) as session:
-            due = session.exec(
-                select(WebhookDelivery, WebhookSubscription)
-                .join(
-                    WebhookSubscription, col(WebhookSubscription.id) == col(WebhookDelivery.subscription_id)
-                )
-                .where(WebhookDelivery.status == "pending", col(WebhookDelivery.next_attempt_at) <= utcnow())
-                .order_by(col(WebhookDelivery.next_attempt_at))
-                .limit(limit)
-            ).all()
-            work = [
-                (d.id, d.event, d.payload, s.id, s.url, s.secret_encrypted, s.platform_id) for d, s in due
-            ]
+        work = self._claim(limit)
         for delivery_id, event, payload, sub_id, url, sealed, platform in work:
             secret = self._box.open(sealed, context=sub_id.encode()).decode()
             error = self._post(url, event, delivery_id, payload, secret)
             self._record(delivery_id, platform, event, error)
         return len(work)
+
+    def _claim(self, limit: int) -> list[tuple[str, str, dict, str, str, bytes, str]]:
+        """Take due deliveries for this dispatcher alone, for as long as their attempts may take.
+
+        Every API process runs a dispatcher (uvicorn workers, instances on one PostgreSQL):
+        without a claim each of them sent every due delivery, and each attempt was counted
+        and audited once per dispatcher. A claim moves the next attempt past the time this
+        dispatcher needs, in the same write transaction that found the rows due, and
+        writers run one at a time (write_transaction), so no other dispatcher finds them
+        due meanwhile. If this process dies mid-way, the deliveries fall due again then.
+        """
+        with Session(self._engine) as session:
+            if not session.exec(self._due(1)).first():
+                return []  # the common case: nothing due, and no write lock taken to find that out
+        with Session(self._engine) as session, write_transaction(session):
+            due = session.exec(self._due(limit)).all()
+            until = utcnow() + timedelta(seconds=self._timeout * len(due) + _CLAIM_MARGIN_SECONDS)
+            work = []
+            for d, s in due:
+                d.next_attempt_at = until
+                session.add(d)
+                work.append((d.id, d.event, d.payload, s.id, s.url, s.secret_encrypted, s.platform_id))
+            session.commit()
+        return work
+
+    @staticmethod
+    def _due(limit: int) -> Any:
+        return (
+            select(WebhookDelivery, WebhookSubscription)
+            .join(WebhookSubscription, col(WebhookSubscription.id) == col(WebhookDelivery.subscription_id))
+            .where(WebhookDelivery.status == "pending", col(WebhookDelivery.next_attempt_at) <= utcnow())
+            .order_by(col(WebhookDelivery.next_attempt_at))
+            .limit(limit)
+        )
 
     def _post(self, url: str, event: str, delivery_id: str, payload: dict, secret: str) -> str | None:
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()

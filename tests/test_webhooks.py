@@ -12,17 +12,19 @@ from sqlmodel import Session, select
 
 from consent_service.models import WebhookDelivery, WebhookSubscription
 from consent_service.webhook_dispatcher import WebhookDispatcher
+from tests.conftest import at_once
 
 
 class _Receiver:
     """A real HTTP endpoint on loopback that fails the first `fail` requests."""
 
-    def __init__(self, fail=0):
+    def __init__(self, fail=0, delay=0.0):
         self.received, self.fail = [], fail
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
+                time.sleep(delay)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.received.append((dict(self.headers), body))
                 status = 500 if len(receiver.received) <= receiver.fail else 204
@@ -168,3 +170,27 @@ def test_webhook_subscription_rules(api):
     assert api.call("DELETE", f"/v1/webhooks/{sub['id']}", "plat").status_code == 204
     assert api.call("GET", "/v1/webhooks", "plat").json() == []
     assert api.call("DELETE", f"/v1/webhooks/{sub['id']}", "plat").status_code == 404
+
+
+def test_webhook_dispatchers_side_by_side_send_each_delivery_once(api):
+    """Every API process (uvicorn workers, instances on one PostgreSQL) runs a dispatcher."""
+    slow = _Receiver(delay=0.1)
+    try:
+        _subscribe(api, slow.url)
+        api.user_with_cameo("alice", audience="everyone")
+        for name in ("bob", "carol", "dave"):
+            api.principal(name)
+            api.call("POST", "/v1/cameos/alice/blocks", "alice", json={"handle": name})
+        dispatchers = [_dispatcher(api) for _ in range(4)]
+        turns = iter(dispatchers)
+        sent = at_once(lambda: next(turns).deliver_due(), 4)
+        assert sum(sent) == 3, sent
+        ids = sorted(headers["X-Consent-Delivery"] for headers, _ in slow.received)
+        assert len(ids) == 3 and len(set(ids)) == 3
+        with Session(api.client.app.state.runtime.engine) as s:
+            deliveries = s.exec(select(WebhookDelivery)).all()
+        assert [(d.status, d.attempts) for d in deliveries] == [("delivered", 1)] * 3
+        events = api.call("GET", "/v1/audit/events", "auditor", params={"action": "webhook.deliver"})
+        assert len(events.json()["events"]) == 3
+    finally:
+        slow.close()
