@@ -36,6 +36,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/consent_check.py
+	$(BIN)/python bench/audit_log.py
+	$(BIN)/python bench/generation_gate.py
 	$(BIN)/python bench/verification.py
 	$(BIN)/python bench/provenance.py
 
