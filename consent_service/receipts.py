@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from consent_service.errors import ReceiptExpired, ReceiptForged, ReceiptMalformed, ReceiptUnknownKey
+from consent_service.keyfiles import read_or_create
 
 RECEIPT_TYPE = "consent-receipt+jwt"
 
@@ -44,21 +45,17 @@ def _header_segment(typ: str, kid: str) -> str:
 
 def load_or_create_key(path: Path, *, create: bool) -> Ed25519PrivateKey:
     """Read a PEM Ed25519 key; create it (mode 0600) only where allowed."""
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 private key")
-        return key
-    if not create:
-        raise FileNotFoundError(f"receipt key {path} does not exist")
-    key = Ed25519PrivateKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(
+    pem = read_or_create(path, create=create, make=_new_pem_key)
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def _new_pem_key() -> bytes:
+    return Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    path.touch(mode=0o600)
-    path.write_bytes(pem)
-    return key
 
 
 @dataclass(frozen=True)

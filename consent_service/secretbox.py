@@ -10,22 +10,16 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from consent_service.keyfiles import read_or_create
+
 VERSION = b"\x01"
 
 
 def load_or_create_key(path: Path, *, create: bool) -> bytes:
     """A 32-byte key file; created with mode 0600 only where allowed."""
-    if path.exists():
-        key = path.read_bytes()
-        if len(key) != 32:
-            raise ValueError(f"{path} must hold exactly 32 bytes")
-        return key
-    if not create:
-        raise FileNotFoundError(f"secrets key {path} does not exist")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = os.urandom(32)
-    path.touch(mode=0o600)
-    path.write_bytes(key)
+    key = read_or_create(path, create=create, make=lambda: os.urandom(32))
+    if len(key) != 32:
+        raise ValueError(f"{path} must hold exactly 32 bytes")
     return key
 
 
