@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -337,11 +338,48 @@ def alembic_config(url: str) -> Any:
 
 
 def migrate(url: str) -> None:
-    """Bring the database schema to the newest Alembic revision."""
+    """Bring the database schema to the newest Alembic revision, one migrator at a time."""
     from alembic import command
 
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "head")
+    with _one_migrator(url):
+        command.upgrade(alembic_config(url), "head")
+
+
+# Any constant will do, as long as nothing else in the database takes this advisory lock.
+_MIGRATION_LOCK_KEY = 0x636F6E73656E74  # "consent"
+
+
+@contextmanager
+def _one_migrator(url: str) -> Iterator[None]:
+    """Hold off other migrators of this database until the body is done.
+
+    Every container runs `consent-admin migrate` before it serves (Dockerfile), so replicas
+    started together migrate together. Each found the schema missing and created it: on
+    PostgreSQL all but one failed on the enum types the first had made, and on SQLite on the
+    write lock. The next migrator now waits, then finds the schema at head and does nothing.
+    """
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if not path or path == ":memory:":
+            yield
+            return
+        # A file of its own: closing any other descriptor of the database file would drop
+        # the POSIX locks SQLite holds on it.
+        with open(f"{path}.migrate-lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        return
+    engine = make_engine(url)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+    finally:
+        engine.dispose()

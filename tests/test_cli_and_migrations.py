@@ -1,5 +1,7 @@
 """The operator CLI and the Alembic migrations."""
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +69,18 @@ def test_migrations_go_down_to_nothing_and_up_again(empty_db_url):
     finally:
         engine.dispose()
     migrate(empty_db_url)
+    assert_schema_matches_models(empty_db_url)
+
+
+def test_migrators_started_together_take_turns(empty_db_url):
+    """Each container runs `consent-admin migrate` before serving; replicas start together."""
+    code = "import sys; from consent_service.db import migrate; migrate(sys.argv[1])"
+    migrators = [
+        subprocess.Popen([sys.executable, "-c", code, empty_db_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    failures = [m.communicate(timeout=120)[1] for m in migrators if m.wait(timeout=120) != 0]
+    assert failures == []
     assert_schema_matches_models(empty_db_url)
 
 
