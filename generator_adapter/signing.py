@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import json
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,10 +56,18 @@ class SigningIdentity:
 
     @classmethod
     def local(cls, directory: Path) -> SigningIdentity:
-        """A local root CA and a signing certificate, created on first use and reused after."""
+        """A local root CA and a signing certificate, created on first use and reused after.
+
+        Workers starting together on a fresh data directory each made a CA of their own, and
+        their files interleaved: a process could read one CA's chain beside another's key. They
+        now take turns on a lock file, and each file is written whole before it takes its name.
+        """
         files = [directory / n for n in ("root.pem", "chain.pem", "signer-key.pem")]
-        if not all(f.exists() for f in files):
-            _create_local_ca(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ".create-lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not all(f.exists() for f in files):
+                _create_local_ca(directory)
         return cls.from_files(chain=files[1], key=files[2], anchors=files[0])
 
 
@@ -121,14 +132,27 @@ def _create_local_ca(directory: Path) -> None:
         .sign(root_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
-    directory.mkdir(parents=True, exist_ok=True)
-    key_file = directory / "signer-key.pem"
-    key_file.touch(mode=0o600)
-    key_file.write_bytes(
-        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    # The key last: `local` takes the three files as complete only once it is there.
+    _write_whole(directory / "root.pem", root.public_bytes(pem))
+    _write_whole(directory / "chain.pem", leaf.public_bytes(pem) + root.public_bytes(pem))
+    _write_whole(
+        directory / "signer-key.pem",
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
-    (directory / "chain.pem").write_bytes(leaf.public_bytes(pem) + root.public_bytes(pem))
-    (directory / "root.pem").write_bytes(root.public_bytes(pem))
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write to a private temporary file, then rename it into place: never a partial file."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def build_manifest(manifest: Mapping[str, Any], *, claim_generator: str) -> dict[str, Any]:

@@ -116,6 +116,21 @@ def test_provenance_local_identity_is_made_once(tmp_path):
     assert oct((tmp_path / "ca" / "signer-key.pem").stat().st_mode & 0o777) == "0o600"
 
 
+def test_provenance_local_identity_made_by_processes_at_once_is_one_identity(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.conftest import at_once
+
+    for trial in range(5):
+        made = at_once(lambda trial=trial: SigningIdentity.local(tmp_path / f"ca{trial}"), 6)
+        assert all(m == made[0] for m in made), "workers kept different signing identities"
+        leaf = x509.load_pem_x509_certificates(made[0].chain_pem)[0]
+        key = serialization.load_pem_private_key(made[0].key_pem, password=None)
+        assert key.public_key() == leaf.public_key()  # the chain and the key on disk belong together
+        assert SigningIdentity.local(tmp_path / f"ca{trial}") == made[0]
+
+
 def test_provenance_manifest_declares_watermark_when_present():
     manifest = build_manifest(
         {
