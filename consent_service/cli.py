@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--display-name", default="")
     key = sub.add_parser("issue-key", help="issue another API key for a principal")
     key.add_argument("handle")
+    keys = sub.add_parser("list-keys", help="a principal's API keys: ids, issue times, revoked or not")
+    keys.add_argument("handle")
+    revoke = sub.add_parser(
+        "revoke-key", help="revoke an API key by its id (the token reads csk_<id>_<secret>)"
+    )
+    revoke.add_argument("handle")
+    revoke.add_argument("key_id")
     state = sub.add_parser("set-cameo-state", help="admin: suspend a cameo or return it to unverified")
     state.add_argument("handle")
     # `verified` is reached only through the verification flow (POST .../verification/challenges).
@@ -87,6 +94,15 @@ def _run(args: argparse.Namespace, session: Session, engine: object) -> int:
         )
     elif args.command == "issue-key":
         issued = principals.issue_key(session, handle=args.handle, issued_by=None)
+    elif args.command == "list-keys":
+        for k in principals.list_keys(session, handle=args.handle):
+            print(f"{k.id}  issued {k.created_at:%Y-%m-%d %H:%M:%S}  {'revoked' if k.revoked else 'active'}")
+        return 0
+    elif args.command == "revoke-key":
+        revoked = principals.revoke_key(session, handle=args.handle, key_id=args.key_id, revoked_by=None)
+        # Running instances refuse it within CONSENT_API_KEY_CACHE_SECONDS.
+        print(f"revoked api key {revoked.id} of @{args.handle}")
+        return 0
     elif args.command == "reseal-templates":
         count = verification.reseal_templates(session, box=_biometric_box(Settings()))
         print(f"resealed {count} cameo templates under the current biometric key")

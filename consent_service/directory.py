@@ -42,6 +42,7 @@ class Directory:
         self._lock = threading.Lock()
         self._keys: dict[str, _KeyEntry] = {}
         self._loading: dict[str, asyncio.Future[_KeyEntry]] = {}
+        self._forgotten = 0  # how many keys forget_key has dropped: a load spanning one is not kept
         self._handles: OrderedDict[str, PrincipalRef] = OrderedDict()
 
     async def authenticate(self, token: str | None) -> PrincipalRef:
@@ -61,6 +62,16 @@ class Directory:
             raise Unauthenticated("invalid API key")
         return principal
 
+    def forget_key(self, key_id: str) -> None:
+        """Drop a cached key, so that the next request with it reads it again (after a revocation).
+
+        A load that began before the revocation committed may still be reading the old row: it
+        answers its own requests, but its entry is not cached.
+        """
+        with self._lock:
+            self._keys.pop(key_id, None)
+            self._forgotten += 1
+
     def _load_once(self, key_id: str) -> asyncio.Future[_KeyEntry]:
         """The load of this key in flight, started now if there is none."""
         loading = self._loading.get(key_id)
@@ -78,6 +89,7 @@ class Directory:
             done.exception()  # a load ahead of expiry has no awaiter to take its error
 
     def _load_key(self, key_id: str) -> _KeyEntry:
+        forgotten = self._forgotten
         with Session(self._engine) as session:
             key = session.get(ApiKey, key_id)
             principal = session.get(Principal, key.principal_id) if key is not None else None
@@ -87,7 +99,8 @@ class Directory:
                 raise Unauthenticated("invalid API key")
             entry = (time.monotonic() + self._key_ttl, key.secret_hash, PrincipalRef.of(principal))
         with self._lock:
-            self._keys[key_id] = entry
+            if self._forgotten == forgotten:
+                self._keys[key_id] = entry
         return entry
 
     async def users_by_handles(self, handles: list[str]) -> dict[str, PrincipalRef]:

@@ -37,6 +37,13 @@ class PrincipalPublic(BaseModel):
 class IssuedKeyPublic(BaseModel):
     principal: PrincipalPublic
     api_key: str = Field(description="Shown once; only a hash is stored.")
+    key_id: str = Field(description="The key's public id (inside the token), to list or revoke it by.")
+
+
+class ApiKeyPublic(BaseModel):
+    key_id: str
+    created_at: datetime
+    revoked: bool
 
 
 class GuardianCreate(Strict):

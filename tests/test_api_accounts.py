@@ -69,6 +69,39 @@ def test_issue_extra_key_and_both_work(api):
         assert api.client.get("/v1/me", headers={"Authorization": f"Bearer {key}"}).status_code == 200
 
 
+def test_admin_lists_and_revokes_keys_and_a_revoked_key_is_refused_at_once(api):
+    first = api.keys["plat"]  # the fixture's platform
+    second = api.call("POST", "/v1/principals/plat/keys", "root").json()
+    assert second["key_id"] == second["api_key"].split("_")[1]
+    listed = api.call("GET", "/v1/principals/plat/keys", "root").json()
+    assert [k["key_id"] for k in listed] == [first.split("_")[1], second["key_id"]]
+    assert not any(k["revoked"] for k in listed)
+    assert all(set(k) == {"key_id", "created_at", "revoked"} for k in listed)  # never a secret
+    assert api.call("GET", "/v1/me", "plat").status_code == 200  # cached now
+
+    r = api.call("DELETE", f"/v1/principals/plat/keys/{first.split('_')[1]}", "root")
+    assert r.status_code == 200 and r.json()["revoked"] is True
+    refused = api.call("GET", "/v1/me", "plat")
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthenticated"
+    other = {"Authorization": f"Bearer {second['api_key']}"}
+    assert api.client.get("/v1/me", headers=other).status_code == 200
+    assert [k["revoked"] for k in api.call("GET", "/v1/principals/plat/keys", "root").json()] == [True, False]
+
+    again = api.call("DELETE", f"/v1/principals/plat/keys/{first.split('_')[1]}", "root")
+    assert again.status_code == 200 and again.json()["revoked"] is True
+    events = api.call("GET", "/v1/audit/events", "root", params={"action": "api_key.revoke"}).json()["events"]
+    assert len(events) == 1  # revoking twice is one revocation
+
+    api.principal("alice")
+    for path, code in [
+        ("/v1/principals/plat/keys/0000000000000000", "not_found"),
+        (f"/v1/principals/alice/keys/{second['key_id']}", "not_found"),  # not alice's key
+        (f"/v1/principals/ghost/keys/{second['key_id']}", "unknown_handle"),
+    ]:
+        r = api.call("DELETE", path, "root")
+        assert r.status_code == 404 and r.json()["error"]["code"] == code, (path, r.text)
+
+
 def test_guardian_link_rules(api):
     api.principal("kid", birth_date=minor_birth_date())
     api.principal("mom")

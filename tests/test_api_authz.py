@@ -18,6 +18,8 @@ ROUTES = [
     ("POST", "/v1/cameos/alice/moderation", {"suspend": True}),
     ("POST", "/v1/principals", {"kind": "admin", "handle": "evil"}),
     ("POST", "/v1/principals/alice/keys", None),
+    ("GET", "/v1/principals/alice/keys", None),
+    ("DELETE", "/v1/principals/alice/keys/0000000000000000", None),
     ("POST", "/v1/users/kid/guardians", {"guardian_handle": "mallory"}),
     ("POST", "/v1/consent/checks", {"actor_handle": "mallory", "cameo_handles": ["alice"]}),
     ("GET", "/v1/audit/events", None),

@@ -120,3 +120,20 @@ def test_cli_bootstrap_create_and_verify(tmp_path, monkeypatch, capsys):
     assert cli.main(["set-cameo-state", "alice", "suspended"]) == 2  # alice has no cameo yet
     assert "cameo_not_found" in capsys.readouterr().err
     assert cli.main(["create", "user", "alice", "--birth-date", "1990-01-01"]) == 2
+    capsys.readouterr()
+
+
+def test_cli_lists_and_revokes_keys(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CONSENT_DATABASE_URL", f"sqlite:///{tmp_path}/cli.db")
+    assert cli.main(["migrate"]) == 0
+    assert cli.main(["create", "platform", "acme"]) == 0
+    token = capsys.readouterr().out.split("(shown once): ")[1].strip()
+    key_id = token.split("_")[1]
+    assert cli.main(["list-keys", "acme"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.startswith(f"{key_id}  issued") and listed.rstrip().endswith("active")
+    assert cli.main(["revoke-key", "acme", key_id]) == 0
+    assert cli.main(["list-keys", "acme"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("revoked")
+    assert cli.main(["revoke-key", "acme", "0000000000000000"]) == 2
+    assert "not_found" in capsys.readouterr().err

@@ -15,6 +15,7 @@ EXPECTED = {
     ("follow", "write"): {"user"},
     ("consent_check", "create"): {"platform"},
     ("principal", "create"): {"admin"},
+    ("principal", "revoke"): {"admin"},
     ("guardian", "write"): {"admin"},
     ("audit", "read"): {"auditor", "admin"},
     ("audit", "write"): set(),

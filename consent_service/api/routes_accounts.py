@@ -8,8 +8,14 @@ from fastapi import APIRouter, Depends
 
 from consent_service.api.deps import RuntimeDep, SessionDep, require
 from consent_service.api.views import principal_public
-from consent_service.models import PrincipalRef
-from consent_service.schemas import GuardianCreate, IssuedKeyPublic, PrincipalCreate, PrincipalPublic
+from consent_service.models import ApiKey, PrincipalRef
+from consent_service.schemas import (
+    ApiKeyPublic,
+    GuardianCreate,
+    IssuedKeyPublic,
+    PrincipalCreate,
+    PrincipalPublic,
+)
 from consent_service.services import principals
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
@@ -36,7 +42,9 @@ def create_principal(
         birth_date=body.birth_date,
         created_by=caller.id,
     )
-    return IssuedKeyPublic(principal=principal_public(issued.principal), api_key=issued.token)
+    return IssuedKeyPublic(
+        principal=principal_public(issued.principal), api_key=issued.token, key_id=issued.key_id
+    )
 
 
 @router.post("/principals/{handle}/keys", response_model=IssuedKeyPublic, status_code=201)
@@ -45,7 +53,35 @@ def issue_key(
 ) -> IssuedKeyPublic:
     """Issue another API key for a principal."""
     issued = principals.issue_key(session, handle=handle, issued_by=caller.id)
-    return IssuedKeyPublic(principal=principal_public(issued.principal), api_key=issued.token)
+    return IssuedKeyPublic(
+        principal=principal_public(issued.principal), api_key=issued.token, key_id=issued.key_id
+    )
+
+
+@router.get("/principals/{handle}/keys", response_model=list[ApiKeyPublic])
+def list_keys(
+    handle: str, session: SessionDep, caller: Annotated[PrincipalRef, Depends(require("principal", "read"))]
+) -> list[ApiKeyPublic]:
+    """A principal's API keys: ids, when they were issued, and whether they are revoked."""
+    return [_key_public(k) for k in principals.list_keys(session, handle=handle)]
+
+
+@router.delete("/principals/{handle}/keys/{key_id}", response_model=ApiKeyPublic)
+def revoke_key(
+    handle: str,
+    key_id: str,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    caller: Annotated[PrincipalRef, Depends(require("principal", "revoke"))],
+) -> ApiKeyPublic:
+    """Revoke an API key: refused at once by this instance, by others within their key cache's lifetime."""
+    key = principals.revoke_key(session, handle=handle, key_id=key_id, revoked_by=caller.id)
+    runtime.directory.forget_key(key.id)
+    return _key_public(key)
+
+
+def _key_public(key: ApiKey) -> ApiKeyPublic:
+    return ApiKeyPublic(key_id=key.id, created_at=key.created_at, revoked=key.revoked)
 
 
 @router.post("/users/{handle}/guardians", status_code=204)

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import date
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from consent_service.db import writes
-from consent_service.errors import Forbidden, HandleTaken, InvalidRequest, UnknownHandle
+from consent_service.errors import Forbidden, HandleTaken, InvalidRequest, NotFound, UnknownHandle
 from consent_service.models import ApiKey, GuardianLink, Principal, PrincipalKind
-from consent_service.security import new_api_key
+from consent_service.security import new_api_key, parse_token
 from consent_service.services.changes import Event, write_event
 from policy.likeness import is_minor
 
@@ -24,6 +24,12 @@ HANDLE_RE = re.compile(r"^[a-z0-9_][a-z0-9_.]{1,30}$")
 class IssuedKey:
     principal: Principal
     token: str
+
+    @property
+    def key_id(self) -> str:
+        parsed = parse_token(self.token)
+        assert parsed is not None  # we minted it
+        return parsed[0]
 
 
 def normalize_handle(handle: str) -> str:
@@ -84,6 +90,36 @@ def issue_key(session: Session, *, handle: str, issued_by: str | None) -> Issued
     write_event(session, Event("api_key.issue_extra", issued_by, principal.id), revision=None)
     session.commit()
     return IssuedKey(principal=principal, token=token)
+
+
+def list_keys(session: Session, *, handle: str) -> list[ApiKey]:
+    """A principal's API keys, oldest first: ids and state only (the secrets were never stored)."""
+    principal = get_by_handle(session, handle=handle)
+    query = select(ApiKey).where(ApiKey.principal_id == principal.id)
+    return list(session.exec(query.order_by(col(ApiKey.created_at), col(ApiKey.id))).all())
+
+
+@writes
+def revoke_key(session: Session, *, handle: str, key_id: str, revoked_by: str | None) -> ApiKey:
+    """Revoke one of a principal's API keys, for good; revoking it again changes nothing.
+
+    Instances that cached the key stop accepting it within their cache's time to live
+    (CONSENT_API_KEY_CACHE_SECONDS); the caller drops it from its own cache at once.
+    """
+    principal = get_by_handle(session, handle=handle)
+    key = session.get(ApiKey, key_id)
+    if key is None or key.principal_id != principal.id:
+        raise NotFound(f"@{principal.handle} has no API key {key_id!r}", details={"key_id": key_id})
+    if not key.revoked:
+        key.revoked = True
+        session.add(key)
+        write_event(
+            session,
+            Event("api_key.revoke", revoked_by, principal.id, details={"key_id": key.id}),
+            revision=None,
+        )
+        session.commit()
+    return key
 
 
 def get_by_handle(session: Session, *, handle: str) -> Principal:
