@@ -65,11 +65,13 @@ class Directory:
     def forget_key(self, key_id: str) -> None:
         """Drop a cached key, so that the next request with it reads it again (after a revocation).
 
-        A load that began before the revocation committed may still be reading the old row: it
-        answers its own requests, but its entry is not cached.
+        A load that began before the revocation committed may have read the old row: it
+        answers the requests already waiting on it, but later ones start a load of their own,
+        and its entry is not cached.
         """
         with self._lock:
             self._keys.pop(key_id, None)
+            self._loading.pop(key_id, None)
             self._forgotten += 1
 
     def _load_once(self, key_id: str) -> asyncio.Future[_KeyEntry]:

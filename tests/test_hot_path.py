@@ -137,6 +137,46 @@ def test_directory_reloads_a_key_ahead_of_expiry_and_drops_one_found_disabled(db
     engine.dispose()
 
 
+def test_directory_forgets_a_revoked_key_even_while_a_load_of_it_is_in_flight(db_url, monkeypatch):
+    import threading
+
+    from consent_service.models import ApiKey, PrincipalRef
+
+    engine = make_engine(db_url)
+    issued = _user_with_key(engine)
+    key_id = issued.key_id
+    directory = Directory(engine, key_ttl=5)
+    has_read, carry_on = threading.Event(), threading.Event()
+    of = PrincipalRef.of
+
+    def after_the_read(cls, principal):
+        has_read.set()  # the load has read the key while it was still valid
+        carry_on.wait(5)
+        return of(principal)
+
+    monkeypatch.setattr(PrincipalRef, "of", classmethod(after_the_read))
+
+    async def scenario():
+        before = asyncio.ensure_future(directory.authenticate(issued.token))
+        await asyncio.to_thread(has_read.wait, 5)
+        with Session(engine) as s:
+            key = s.get(ApiKey, key_id)
+            key.revoked = True
+            s.add(key)
+            s.commit()
+        directory.forget_key(key_id)
+        after = asyncio.ensure_future(directory.authenticate(issued.token))
+        carry_on.set()
+        assert (await before).handle == "alice"  # it arrived before the revocation
+        with pytest.raises(Unauthenticated):
+            await after
+        with pytest.raises(Unauthenticated):  # and the old row was not cached
+            await directory.authenticate(issued.token)
+
+    asyncio.run(scenario())
+    engine.dispose()
+
+
 def test_audit_writer_on_sqlite_waits_for_the_writer_lock_without_blocking_the_loop(
     tmp_path, sqlite_template
 ):
