@@ -28,10 +28,10 @@ from consent_service.api.routes_verification import UPLOAD_PREFIX
 from consent_service.api.routes_verification import router as verification_router
 from consent_service.api.routes_webhooks import router as webhooks_router
 from consent_service.audit_writer import AuditWriter
-from consent_service.db import WalCheckpointer, make_engine
+from consent_service.db import WalCheckpointer, hold_here, make_engine
 from consent_service.directory import Directory
 from consent_service.generation_runner import GenerationRunner
-from consent_service.housekeeping import HousekeeperProcess
+from consent_service.housekeeping import HousekeeperProcess, UploadPurger
 from consent_service.jobs import CeleryJobs, CeleryVerifications, JobQueue
 from consent_service.receipts import ReceiptKeys, load_or_create_key
 from consent_service.replica import ConsentReplica
@@ -207,11 +207,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime.audit.start()
         runtime.webhooks.start()
         upkeep: HousekeeperProcess | WalCheckpointer
+        purger: UploadPurger | None = None  # in the housekeeper process, unless upkeep runs here
         if settings.housekeeping == "process":
             upkeep = HousekeeperProcess(settings)  # integrates the log and checkpoints SQLite
         else:
             runtime.log.start(interval=settings.log_integrate_interval_seconds)
             upkeep = WalCheckpointer(runtime.engine)
+            purger = UploadPurger(
+                runtime.engine, interval=settings.verification_purge_interval_seconds, foreground=hold_here
+            )
+            purger.start()
         upkeep.start()
         app.state.runtime = runtime
         log.info("consent service ready at revision %s", runtime.replica.policy.revision)
@@ -222,6 +227,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.verifications.stop()
             runtime.webhooks.stop()
             upkeep.stop()
+            if purger is not None:
+                purger.stop()
             runtime.log.close()
             runtime.audit.stop()
             runtime.replica.stop()

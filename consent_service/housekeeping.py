@@ -1,4 +1,4 @@
-"""Upkeep of the shared database in a process of its own: log integration and SQLite WAL checkpoints.
+"""Upkeep in a process of its own: log integration, SQLite WAL checkpoints, expired upload deletion.
 
 Integrating the transparency log is Python CPU work: reading the new rows,
 hashing a leaf and about one interior node per entry, signing. At 1,500
@@ -23,6 +23,7 @@ import fcntl
 import logging
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -66,6 +67,55 @@ class Foreground:
 
     def close(self) -> None:
         self._pool.shutdown()
+
+
+class UploadPurger:
+    """Deletes raw verification uploads kept past their time (CONSENT_VERIFICATION_RETAIN_UPLOADS_SECONDS).
+
+    The published retention schedule promises it; until this ran, an upload kept for an hour
+    was kept for good. It runs beside the other upkeep, one per data directory, where the
+    uploads are. `foreground` runs each pass: it holds the database's write lock.
+    """
+
+    def __init__(
+        self, engine: Any, *, interval: float, foreground: Callable[[Callable[[], Any]], Any]
+    ) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._foreground = foreground
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="upload-purger", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.purge()
+            except Exception:
+                log.exception("purging expired verification uploads failed; will retry")
+
+    def purge(self) -> int:
+        """One pass; how many uploads were deleted."""
+        from sqlmodel import Session
+
+        from consent_service.services.verification import purge_expired_uploads
+
+        def one_pass() -> int:
+            with Session(self._engine) as session:
+                return purge_expired_uploads(session)
+
+        deleted: int = self._foreground(one_pass)
+        return deleted
 
 
 class HousekeeperProcess:
@@ -141,6 +191,10 @@ def _upkeep(*, settings: Settings, stop: Any, parent: int, foreground: Foregroun
         engine = make_engine(settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous)
         checkpointer = WalCheckpointer(engine, foreground=foreground)
         checkpointer.start()
+        purger = UploadPurger(
+            engine, interval=settings.verification_purge_interval_seconds, foreground=foreground
+        )
+        purger.start()
         transparency_log = build_log(settings, engine)
         try:
             transparency_log.run(
@@ -151,5 +205,6 @@ def _upkeep(*, settings: Settings, stop: Any, parent: int, foreground: Foregroun
             )
         finally:
             transparency_log.close()
+            purger.stop()
             checkpointer.stop()
             engine.dispose()

@@ -112,8 +112,10 @@ class Settings(BaseSettings):
     verification_max_failures: int = Field(default=5, ge=1)
     verification_failure_window_seconds: int = Field(default=180, ge=1)
     verification_cooldown_seconds: int = Field(default=600, ge=1)
-    # Raw uploads are deleted when their verification ends (0); otherwise kept this long.
+    # Raw uploads are deleted when their verification ends (0); otherwise kept this long, and
+    # deleted by the housekeeper, which looks for uploads past their time this often.
     verification_retain_uploads_seconds: int = Field(default=0, ge=0, le=30 * 24 * 3600)
+    verification_purge_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:

@@ -380,6 +380,63 @@ def test_one_housekeeper_per_data_dir_integrates_the_log(process_settings, sqlit
     engine.dispose()
 
 
+def test_the_housekeeper_deletes_verification_uploads_past_their_time(process_settings, sqlite_url, tmp_path):
+    from datetime import date, timedelta
+
+    from consent_service.models import (
+        Cameo,
+        PrincipalKind,
+        VerificationAttempt,
+        VerificationChallenge,
+        VerificationStatus,
+        utcnow,
+    )
+    from consent_service.services.principals import create_principal
+
+    engine = make_engine(sqlite_url)
+    uploads = {name: tmp_path / f"{name}.mp4" for name in ("due", "kept")}
+    with Session(engine, expire_on_commit=False) as s:
+        owner = create_principal(
+            s, kind=PrincipalKind.user, handle="alice", birth_date=date(1990, 1, 1), created_by=None
+        ).principal
+        cameo = Cameo(owner_id=owner.id)
+        s.add(cameo)
+        now = utcnow()
+        for name, path in uploads.items():
+            path.write_bytes(b"raw selfie video")
+            challenge = VerificationChallenge(
+                owner_id=owner.id, cameo_id=cameo.id, digits="4815", nonce_sha256="0" * 64, expires_at=now
+            )
+            s.add(challenge)
+            s.flush()
+            s.add(
+                VerificationAttempt(
+                    owner_id=owner.id,
+                    cameo_id=cameo.id,
+                    challenge_id=challenge.id,
+                    status=VerificationStatus.verified,
+                    upload_path=str(path),
+                    upload_delete_after=now + timedelta(seconds=-1 if name == "due" else 3600),
+                )
+            )
+        s.commit()
+    settings = process_settings.model_copy(update={"verification_purge_interval_seconds": 0.1})
+    housekeeper = HousekeeperProcess(settings)
+    housekeeper.start()
+    try:
+        deadline = time.monotonic() + 60
+        while uploads["due"].exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        housekeeper.stop()
+    assert not uploads["due"].exists() and uploads["kept"].exists()
+    with Session(engine) as s:
+        attempts = {a.upload_path: a for a in s.exec(select(VerificationAttempt)).all()}
+    assert attempts[str(uploads["due"])].upload_deleted_at is not None
+    assert attempts[str(uploads["kept"])].upload_deleted_at is None
+    engine.dispose()
+
+
 def test_the_default_process_layout_serves_checks_end_to_end(process_settings, sqlite_url):
     """What `make run` starts: audit rows through the appender child, the log through the housekeeper."""
     settings = process_settings

@@ -64,7 +64,8 @@ def retention_schedule(settings: Settings) -> dict[str, Any]:
         "raw_verification_video": (
             "deleted as soon as its verification ends"
             if raw == 0
-            else f"deleted {raw} seconds after its verification ends"
+            else f"deleted {raw} seconds after its verification ends, checked every "
+            f"{settings.verification_purge_interval_seconds:g} seconds"
         ),
         "raw_verification_video_seconds": raw,
         "face_and_voice_templates": "kept, encrypted, while the cameo exists; destroyed when it is deleted",
