@@ -15,6 +15,7 @@ from audit.log import TransparencyLog
 from audit.notes import NoteSigner, WitnessKey
 from consent_service.api import errors
 from consent_service.api.deps import Runtime
+from consent_service.api.errors import ERROR_RESPONSES
 from consent_service.api.hot_path import ConsentCheckHotPath
 from consent_service.api.limits import BodyLimit
 from consent_service.api.routes_accounts import router as accounts_router
@@ -237,14 +238,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Cameo consent service", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     # Routes match in order: the platforms' hot path goes first.
-    app.include_router(consent_router)
-    app.include_router(accounts_router)
-    app.include_router(cameos_router)
-    app.include_router(log_router)
-    app.include_router(generations_router)
-    app.include_router(webhooks_router)
-    app.include_router(provenance_router)
-    app.include_router(verification_router)
+    for router in (
+        consent_router,
+        accounts_router,
+        cameos_router,
+        log_router,
+        generations_router,
+        webhooks_router,
+        provenance_router,
+        verification_router,
+    ):
+        app.include_router(router, responses=ERROR_RESPONSES)
     if settings.check_hot_path:
         app.add_middleware(ConsentCheckHotPath)  # inside BodyLimit: added first
     app.add_middleware(

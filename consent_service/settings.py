@@ -37,7 +37,6 @@ class Settings(BaseSettings):
     # CPython's default 5 ms switch interval a busy thread holds the loop off 5 ms at a time;
     # 0.5 ms cut the HTTP benchmark's p90 from about 15 ms to 3-5 ms at 800 checks/s.
     gil_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
-    page_size_max: int = 500
 
     # How often an instance pulls consent changes written by other instances
     # when no PostgreSQL notification arrives; bounds revocation lag.

@@ -129,3 +129,25 @@ def test_health_reports_revision(api):
     r = api.client.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     assert isinstance(r.json()["consent_revision"], int)
+
+
+def test_openapi_documents_the_one_error_body_that_every_route_sends(api):
+    import json
+
+    from consent_service.schemas import ErrorResponse
+
+    spec = api.client.get("/openapi.json").json()
+    operations = [(path, op) for path, item in spec["paths"].items() for op in item.values()]
+    assert operations
+    for path, op in operations:
+        documented = op["responses"]["4XX"]["content"]["application/json"]["schema"]
+        assert documented == {"$ref": "#/components/schemas/ErrorResponse"}, path
+    assert "HTTPValidationError" not in json.dumps(spec)  # a body this service never sends
+    refused = [
+        api.client.get("/v1/me"),
+        api.call("POST", "/v1/principals", "root", json={"kind": "wizard"}),
+        api.call("GET", "/v1/principals/ghost/keys", "root"),
+    ]
+    assert [r.status_code for r in refused] == [401, 422, 404]
+    for r in refused:
+        ErrorResponse.model_validate(r.json())

@@ -10,8 +10,21 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from consent_service.errors import DomainError, http_status_for
+from consent_service.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
+
+# Every route's documented errors: one body shape for all of them, 422 included (FastAPI would
+# otherwise document its own validation body, which this service never sends). Errors are JSON
+# on the plain-text routes too; FastAPI files the model under a route's own media type, hence
+# the explicit entry.
+ERROR_RESPONSES: dict[int | str, dict] = {
+    "4XX": {
+        "model": ErrorResponse,
+        "description": "Refused: `error.code` names why (the README's error table lists every code).",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+}
 
 
 def error_response(status: int, code: str, message: str, details: dict | None = None) -> JSONResponse:
