@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import logging
 import os
 import sqlite3
 import threading
@@ -17,6 +16,8 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, event, text
 from sqlmodel import Session, create_engine
+
+from consent_service.periodic import Periodic
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 AUTOCHECKPOINT_BACKSTOP_PAGES = 65_536  # above WalCheckpointer's restart_pages: never first
@@ -100,7 +101,7 @@ def hold_here(fn: Callable[[], Any]) -> Any:
     return fn()
 
 
-class WalCheckpointer:
+class WalCheckpointer(Periodic):
     """Runs every SQLite WAL checkpoint off the request path, once a second, and bounds the WAL.
 
     Under a steady stream of commits a PASSIVE checkpoint never catches up with
@@ -140,30 +141,17 @@ class WalCheckpointer:
         foreground: LockHolder = hold_here,
     ) -> None:
         """`foreground` runs the locked pass, which every writer waits for."""
+        super().__init__(name="sqlite-wal-checkpoint", interval=interval)
         self._engine = engine
         self._foreground = foreground
-        self._interval = interval
         self._restart_pages = restart_pages
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self._engine.dialect.name != "sqlite":
-            return
-        self._thread = threading.Thread(target=self._run, name="sqlite-wal-checkpoint", daemon=True)
-        self._thread.start()
+        if self._engine.dialect.name == "sqlite":  # PostgreSQL checkpoints itself
+            super().start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.checkpoint()
-            except Exception:
-                logging.getLogger(__name__).exception("WAL checkpoint failed; will retry")
+    def tick(self) -> bool:
+        return self.checkpoint()
 
     def checkpoint(self) -> bool:
         """One round; True when the WAL was checkpointed to its end, to be started over."""

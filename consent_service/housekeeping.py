@@ -23,11 +23,11 @@ import fcntl
 import logging
 import multiprocessing
 import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from consent_service.periodic import Periodic
 from consent_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Foreground:
         self._pool.shutdown()
 
 
-class UploadPurger:
+class UploadPurger(Periodic):
     """Deletes raw verification uploads kept past their time (CONSENT_VERIFICATION_RETAIN_UPLOADS_SECONDS).
 
     The published retention schedule promises it; until this ran, an upload kept for an hour
@@ -80,29 +80,12 @@ class UploadPurger:
     def __init__(
         self, engine: Any, *, interval: float, foreground: Callable[[Callable[[], Any]], Any]
     ) -> None:
+        super().__init__(name="upload-purger", interval=interval)
         self._engine = engine
-        self._interval = interval
         self._foreground = foreground
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="upload-purger", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.purge()
-            except Exception:
-                log.exception("purging expired verification uploads failed; will retry")
+    def tick(self) -> int:
+        return self.purge()
 
     def purge(self) -> int:
         """One pass; how many uploads were deleted."""

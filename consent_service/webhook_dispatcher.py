@@ -7,7 +7,6 @@ import hmac
 import json
 import logging
 import random
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from consent_service.db import write_transaction
 from consent_service.models import WebhookDelivery, WebhookSubscription, utcnow
+from consent_service.periodic import Periodic
 from consent_service.secretbox import SecretBox
 from consent_service.services.changes import Event, write_event
 
@@ -34,7 +34,7 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-class WebhookDispatcher:
+class WebhookDispatcher(Periodic):
     """A background sender; retries each delivery with backoff up to `max_attempts`."""
 
     def __init__(
@@ -47,32 +47,15 @@ class WebhookDispatcher:
         base_delay: float = 1.0,
         timeout: float = 5.0,
     ) -> None:
+        super().__init__(name="webhook-dispatcher", interval=interval)
         self._engine = engine
         self._box = box
-        self._interval = interval
         self._max_attempts = max_attempts
         self._base_delay = base_delay
         self._timeout = timeout
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.deliver_due()
-            except Exception:
-                log.exception("webhook dispatch failed; retrying")
+    def tick(self) -> int:
+        return self.deliver_due()
 
     def deliver_due(self, *, limit: int = 50) -> int:
         """Attempt every delivery that is due; returns how many were attempted."""

@@ -505,3 +505,28 @@ def test_integration_inserts_checkpoints_through_foreground(process_settings, sq
     writer.stop()
     log.close()
     engine.dispose()
+
+
+def test_periodic_upkeep_outlives_a_failing_tick_and_stops_when_told():
+    from consent_service.periodic import Periodic
+
+    class Flaky(Periodic):
+        def __init__(self):
+            super().__init__(name="flaky", interval=0.01)
+            self.ticks = 0
+
+        def tick(self):
+            self.ticks += 1
+            if self.ticks == 1:
+                raise RuntimeError("a bad moment")
+
+    upkeep = Flaky()
+    upkeep.start()
+    deadline = time.monotonic() + 10
+    while upkeep.ticks < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    upkeep.stop()
+    assert upkeep.ticks >= 3
+    stopped_at = upkeep.ticks
+    time.sleep(0.05)
+    assert upkeep.ticks == stopped_at and upkeep._thread is None
