@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import random
 import time
 import urllib.error
@@ -22,7 +21,6 @@ from consent_service.periodic import Periodic
 from consent_service.secretbox import SecretBox
 from consent_service.services.changes import Event, write_event
 
-log = logging.getLogger(__name__)
 # Beyond the sum of the claimed attempts' timeouts: signing, recording, a slow machine.
 _CLAIM_MARGIN_SECONDS = 30.0
 SIGNATURE_HEADER = "X-Consent-Signature"
