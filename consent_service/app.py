@@ -31,7 +31,7 @@ from consent_service.api.routes_webhooks import router as webhooks_router
 from consent_service.audit_writer import AuditWriter
 from consent_service.db import WalCheckpointer, hold_here, make_engine
 from consent_service.directory import Directory
-from consent_service.generation_runner import GenerationRunner
+from consent_service.generation_runner import GenerationRunner, resumable
 from consent_service.housekeeping import HousekeeperProcess, UploadPurger
 from consent_service.jobs import CeleryJobs, CeleryVerifications, JobQueue
 from consent_service.receipts import ReceiptKeys, load_or_create_key
@@ -201,6 +201,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime.anchors_pem = signing_identity(settings).anchors_pem
         runtime.jobs = build_jobs(runtime)
         runtime.jobs.start()
+        if settings.job_backend == "inprocess":  # Celery's broker keeps its own queue
+            for generation_id in resumable(runtime.engine):
+                runtime.jobs.submit(generation_id)
         runtime.verifications = build_verifications(runtime)
         runtime.verifications.start()
         for attempt_id in pending(runtime.engine):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +350,33 @@ def _diffusers_version() -> str:
         return "diffusers " + version("diffusers")
     except Exception:  # metadata missing in unusual installs; the model id still identifies it
         return ""
+
+
+def resumable(engine: Engine, *, stalled_after: timedelta = timedelta(minutes=10)) -> list[str]:
+    """Generations to hand the in-process runner when a process starts, oldest first.
+
+    That runner's queue lives in memory: a generation queued when its process stopped stayed
+    `queued` for good, and one running then stayed `running`. Queued ones are run again; the
+    claim lets one process run each, and the consent gate decides again before any GPU time.
+    Every step of a running job writes its progress, so one silent for `stalled_after` died
+    with its process: it ends `failed` (reason `interrupted`), audited, and the requester may
+    ask again.
+    """
+    now = utcnow()
+    with Session(engine) as session, write_transaction(session):
+        stalled = session.exec(
+            select(Generation).where(
+                col(Generation.status) == GenerationStatus.running,
+                col(Generation.updated_at) < now - stalled_after,
+            )
+        ).all()
+        for job in stalled:
+            job.status, job.reason, job.updated_at = GenerationStatus.failed, "interrupted", now
+            session.add(job)
+            write_event(
+                session, Event("generation.fail", job.actor_id, job.id, reason="interrupted"), revision=None
+            )
+        session.commit()
+    with Session(engine) as session:
+        queued = select(Generation.id).where(Generation.status == GenerationStatus.queued)
+        return list(session.exec(queued.order_by(col(Generation.created_at))).all())

@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from consent_service.app import build_runner
@@ -136,6 +137,34 @@ def test_generation_requester_can_cancel_a_queued_job(gen_api):
     assert r.json()["status"] == "cancelled" and r.json()["reason"] == "requester_cancelled"
     assert gen_api.call("POST", f"/v1/generations/{gid}/cancel", "carol").status_code == 404
     assert runtime.jobs.run(gid) is GenerationStatus.cancelled  # a late delivery does not start it
+
+
+def test_generation_jobs_left_by_a_stopped_process_are_resumed_or_failed(gen_api):
+    """The in-process queue lives in memory; a restarted service picks up what it left."""
+    from datetime import timedelta
+
+    from consent_service.app import create_app
+    from consent_service.models import utcnow
+
+    runtime = gen_api.client.app.state.runtime
+    runtime.jobs.stop()  # the process "stops" with these two in its memory queue
+    waiting = _request(gen_api, "bob", "@alice waves", steps=2).json()["id"]
+    stuck = _request(gen_api, "bob", "@alice naps", steps=2).json()["id"]
+    with Session(runtime.engine) as s:  # one was running, and reported no progress since
+        job = s.get(Generation, stuck)
+        job.status, job.updated_at = GenerationStatus.running, utcnow() - timedelta(hours=1)
+        s.add(job)
+        s.commit()
+    with TestClient(create_app(gen_api.settings)) as restarted:
+        gen_api.client, before = restarted, gen_api.client
+        try:
+            assert _wait(gen_api, waiting)["status"] == "released"
+            body = gen_api.call("GET", f"/v1/generations/{stuck}", "bob").json()
+            assert (body["status"], body["reason"]) == ("failed", "interrupted")
+            events = gen_api.call("GET", "/v1/audit/events", "auditor", params={"action": "generation.fail"})
+            assert [e["reason"] for e in events.json()["events"]] == ["interrupted"]
+        finally:
+            gen_api.client = before
 
 
 class _Hooked:
