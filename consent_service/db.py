@@ -56,9 +56,7 @@ def make_engine(
     if sqlite_synchronous not in ("NORMAL", "FULL"):
         raise ValueError("sqlite_synchronous must be NORMAL or FULL")
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _sqlite_file(url)
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
         )
@@ -329,12 +327,17 @@ def migrate(url: str) -> None:
     """Bring the database schema to the newest Alembic revision, one migrator at a time."""
     from alembic import command
 
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
     with _one_migrator(url):
         command.upgrade(alembic_config(url), "head")
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL, its folder created; None for an in-memory database."""
+    path = url.split("///", 1)[-1]
+    if not path or path == ":memory:":
+        return None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return Path(path)
 
 
 # Any constant will do, as long as nothing else in the database takes this advisory lock.
@@ -351,8 +354,8 @@ def _one_migrator(url: str) -> Iterator[None]:
     write lock. The next migrator now waits, then finds the schema at head and does nothing.
     """
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if not path or path == ":memory:":
+        path = _sqlite_file(url)
+        if path is None:
             yield
             return
         # A file of its own: closing any other descriptor of the database file would drop

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from consent_service.db import LockHolder
 from consent_service.periodic import Periodic
 from consent_service.settings import Settings
 
@@ -77,9 +78,7 @@ class UploadPurger(Periodic):
     uploads are. `foreground` runs each pass: it holds the database's write lock.
     """
 
-    def __init__(
-        self, engine: Any, *, interval: float, foreground: Callable[[Callable[[], Any]], Any]
-    ) -> None:
+    def __init__(self, engine: Any, *, interval: float, foreground: LockHolder) -> None:
         super().__init__(name="upload-purger", interval=interval)
         self._engine = engine
         self._foreground = foreground
