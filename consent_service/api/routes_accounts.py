@@ -42,9 +42,7 @@ def create_principal(
         birth_date=body.birth_date,
         created_by=caller.id,
     )
-    return IssuedKeyPublic(
-        principal=principal_public(issued.principal), api_key=issued.token, key_id=issued.key_id
-    )
+    return _issued_public(issued)
 
 
 @router.post("/principals/{handle}/keys", response_model=IssuedKeyPublic, status_code=201)
@@ -53,9 +51,7 @@ def issue_key(
 ) -> IssuedKeyPublic:
     """Issue another API key for a principal."""
     issued = principals.issue_key(session, handle=handle, issued_by=caller.id)
-    return IssuedKeyPublic(
-        principal=principal_public(issued.principal), api_key=issued.token, key_id=issued.key_id
-    )
+    return _issued_public(issued)
 
 
 @router.get("/principals/{handle}/keys", response_model=list[ApiKeyPublic])
@@ -78,6 +74,12 @@ def revoke_key(
     key = principals.revoke_key(session, handle=handle, key_id=key_id, revoked_by=caller.id)
     runtime.directory.forget_key(key.id)
     return _key_public(key)
+
+
+def _issued_public(issued: principals.IssuedKey) -> IssuedKeyPublic:
+    return IssuedKeyPublic(
+        principal=principal_public(issued.principal), api_key=issued.token, key_id=issued.key_id
+    )
 
 
 def _key_public(key: ApiKey) -> ApiKeyPublic:
