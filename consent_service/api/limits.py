@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -58,30 +58,13 @@ class BodyLimit:
         if path in self.streamed or path.startswith(self.streamed_prefixes):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(scope, receive, send, self._too_large())
+        try:
+            body = await read_body(scope, receive, max_bytes=self.max_bytes)
+        except DomainError as exc:
+            await self._refuse(scope, receive, send, exc)
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send, self._too_large())
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        if b"\\u0000" in body and _JSON_NUL.search(body):
-            await self._refuse(
-                scope, receive, send, NulCharacter("the body contains a NUL character (\\u0000)")
-            )
-            return
+        if body is None:
+            return  # client went away
         replayed = False
 
         async def replay() -> Any:
@@ -93,11 +76,35 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    def _too_large(self) -> BodyTooLarge:
-        return BodyTooLarge(f"body over {self.max_bytes} bytes")
-
     async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any, error: DomainError) -> None:
         await domain_error_response(error)(scope, receive, send)
+
+
+async def read_body(scope: Mapping[str, Any], receive: Any, *, max_bytes: int) -> bytes | None:
+    """The whole request body, None if the client went away first.
+
+    Raises BodyTooLarge past `max_bytes` (declared or read) and NulCharacter for a NUL in JSON.
+    """
+    declared = dict(scope.get("headers") or []).get(b"content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
+        raise BodyTooLarge(f"body over {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge(f"body over {max_bytes} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    if b"\\u0000" in body and _JSON_NUL.search(body):
+        raise NulCharacter("the body contains a NUL character (\\u0000)")
+    return body
 
 
 @asynccontextmanager
