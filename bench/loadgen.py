@@ -13,6 +13,8 @@ import random
 import sys
 import time
 
+import uvloop
+
 
 async def _one_connection(host, port, requests, slots, results, stop_at):
     reader, writer = await asyncio.open_connection(host, port)
@@ -124,7 +126,10 @@ def main() -> None:
     a = ap.parse_args()
     with open(a.bodies) as f:
         bodies = [json.dumps(b).encode() for b in json.load(f)]
-    out = asyncio.run(
+    # uvloop (uvicorn's own event loop, installed with it): the generator shares the server's
+    # two cores, and on asyncio's default loop it took 0.29 of a core at 1,500 requests/s
+    # against 0.22 on uvloop, CPU that a real platform's clients would not take from the server.
+    out = uvloop.run(
         run(
             "127.0.0.1",
             a.port,
