@@ -114,7 +114,8 @@ class WalCheckpointer(Periodic):
     So each round, once the WAL passes `restart_pages` (16 MB at SQLITE_PAGE_SIZE):
     1. a PASSIVE checkpoint copies the bulk with no lock held, and the database
        file is fdatasync'ed here, so the pages it copied are on disk already; a
-       second such pass copies what was committed during the first;
+       second such pass copies what was committed during the first, and the WAL
+       is fdatasync'ed too, so the syncs inside step 2 have little left to do;
     2. then a second connection takes the write lock (BEGIN IMMEDIATE with a
        20 ms busy timeout: every writer of every process waits, the audit writer
        without blocking its event loop) while another PASSIVE checkpoint copies
@@ -156,16 +157,19 @@ class WalCheckpointer(Periodic):
         raw, holder = self._engine.raw_connection(), self._engine.raw_connection()
         try:
             db: Any = raw.driver_connection
-            _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            frames = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
             if frames < self._restart_pages:
                 return False
             path = db.execute("PRAGMA database_list").fetchone()[2]
             _fdatasync(path)
-            # Each unlocked pass leaves only what was committed while it ran; a second one
-            # leaves the locked pass a few hundred kilobytes to copy and sync.
-            if frames - copied > _LOCKED_PASS_FRAMES:
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                _fdatasync(path)
+            # A second unlocked pass copies what was committed during the first. Then the WAL
+            # is synced here too: inside the locked pass SQLite syncs the WAL before copying
+            # and the database after, and with only the last moment's frames left to sync the
+            # locked pass (every writer waiting) took 1.9-6.6 ms, typically 3, against 5.3-9.0
+            # ms (measured at 1,500 checks/s: 8 passes each way).
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            _fdatasync(path)
+            _fdatasync(path + "-wal")
             done: bool = self._foreground(lambda: self._locked_pass(db, holder.driver_connection))
             return done
         finally:
@@ -186,9 +190,6 @@ class WalCheckpointer(Periodic):
                 hold.execute("ROLLBACK")
                 hold.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         return bool(frames == copied)
-
-
-_LOCKED_PASS_FRAMES = 64
 
 
 def _fdatasync(path: str) -> None:

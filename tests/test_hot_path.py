@@ -418,3 +418,31 @@ def test_new_sqlite_databases_get_small_pages_and_old_ones_keep_theirs(tmp_path)
             assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == expected
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
         engine.dispose()
+
+
+def test_wal_checkpointer_syncs_the_wal_before_the_locked_pass(tmp_path, sqlite_template, monkeypatch):
+    """Every writer waits through the locked pass; the WAL and the database are synced just before it."""
+    import shutil
+
+    from consent_service import db as db_module
+    from consent_service.db import WalCheckpointer
+
+    shutil.copy(sqlite_template, tmp_path / "s.db")
+    engine = make_engine(f"sqlite:///{tmp_path}/s.db")
+    writer = AuditWriter(engine)
+    writer.start()
+    for i in range(40):
+        asyncio.run(writer.append([Event("consent.check", f"a{i}", "s")], revision=1))
+    steps: list[str] = []
+    real_sync = db_module._fdatasync
+    monkeypatch.setattr(db_module, "_fdatasync", lambda path: (steps.append(path), real_sync(path)))
+
+    def foreground(fn):
+        steps.append("locked pass")
+        return fn()
+
+    assert WalCheckpointer(engine, restart_pages=1, foreground=foreground).checkpoint()
+    writer.stop()
+    database = str(tmp_path / "s.db")
+    assert steps[-3:] == [database, database + "-wal", "locked pass"]
+    engine.dispose()
