@@ -83,15 +83,18 @@ class ConsentCheckHotPath:
             try:
                 request = ConsentCheckRequest.model_validate_json(body)
             except ValidationError:
-                # A bad body is rare: let FastAPI word the 422 exactly as on every other route.
-                await FastAPI.__call__(self.app, scope, _replay(body), send)
-                return
-            result = await consent_check(request, runtime, caller)
+                request = None
+            result = None if request is None else await consent_check(request, runtime, caller)
         except DomainError as exc:
             await domain_error_response(exc)(scope, receive, send)
             return
         except Exception as exc:
             await unexpected_error_response(exc)(scope, receive, send)
+            return
+        if result is None:
+            # A bad body is rare: FastAPI words the 422 exactly as on every other route. Outside
+            # the mapping above: its stack answers its own errors (and re-raises them once sent).
+            await FastAPI.__call__(self.app, scope, _replay(body), send)
             return
         payload = result.__pydantic_serializer__.to_json(result)
         await send(
