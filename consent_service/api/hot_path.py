@@ -83,8 +83,9 @@ class ConsentCheckHotPath:
             try:
                 request = ConsentCheckRequest.model_validate_json(body)
             except ValidationError:
-                request = None
-            result = None if request is None else await consent_check(request, runtime, caller)
+                result = None
+            else:
+                result = await consent_check(request, runtime, caller)
         except DomainError as exc:
             await domain_error_response(exc)(scope, receive, send)
             return
