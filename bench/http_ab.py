@@ -1,7 +1,7 @@
 """Interleaved A/B of the HTTP consent check: this checkout against another commit, at one rate.
 
 This machine is shared, and its noise changes by the hour: the same code measured p99 6 ms and
-13 ms at 1,500 checks/s twenty minutes apart (README, "HTTP on loopback"). One run of
+13 ms at 1,500 checks/s twenty minutes apart (bench/HTTP_LOG.md). One run of
 consent_check.py says little about a change; two versions compared in alternating sessions in
 one sitting say more. Each side gets a 100k-grant database built by its own code (migrations
 may differ), copied afresh for every session. A session starts that side's server, warms it up,

@@ -15,7 +15,7 @@ check whose audit row is not committed. Ed25519 signing is about 45 µs a
 receipt, and on the loop it was 13% of the loop's samples at 1,500 checks/s
 (py-spy). Here it costs the child more than it saved the loop (0.13 against
 0.08-0.14 of a core, in a busy hour), but the loop is the one process that
-every request queues on. Measured (README, bench/http_ab.py): median p99 at
+every request queues on. Measured (bench/HTTP_LOG.md, bench/http_ab.py): median p99 at
 1,500 checks/s 15.8 against 22.5 ms in one interleaved comparison.
 
 If the child dies, its batches fail with AuditUnavailable (nothing was

@@ -3,7 +3,7 @@
 Platforms call this route before every generation, so it sets the service's
 throughput. FastAPI's routing, dependency solving and response re-validation
 cost about as much CPU as the decision, the audit row and the receipt together
-(measured: bench/consent_check.py, README "HTTP on loopback"). The middleware
+(measured: bench/consent_check.py, bench/HTTP_LOG.md). The middleware
 stack in front of the routes (Starlette's error and telemetry layers, the body
 limit's buffering and replay) cost more still: without it, FastAPI's telemetry
 check and the response re-validation, the event loop spent 0.886 of its CPU
