@@ -153,10 +153,10 @@ def check_bodies(data: Any) -> list[dict]:
 def load(*, port: int, token: str, bodies: Path, rate: int, seconds: float, warmup: bool = False) -> dict:
     """One run of bench/loadgen.py in its own process; its JSON summary, and how fast the machine ran.
 
-    The same code's p99 at 1,500/s was 4.5-5.3 ms at 14:00 and 12-50 ms at 14:40 on 2026-11-30,
-    while the steadiness probe's median went from 0.56 to 0.80 ms: the virtual CPU itself ran
-    about 40% slower. So each run records the probe just before it, and the share of CPU time
-    the hypervisor took (steal) while it ran.
+    The same code's p99 at 1,500/s was 4.5-5.3 ms at 14:00 on 2026-11-30 and mostly 7-45 ms from
+    14:05, while the steadiness probe's median went from 0.56 to 0.72-0.83 ms: the virtual CPU
+    itself ran 30-45% slower. So each run records the probe just before it, and the share of CPU
+    time the hypervisor took (steal) while it ran.
     """
     probe = cpu_steadiness(seconds=0.5)
     before = _cpu_times()
