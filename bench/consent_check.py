@@ -246,6 +246,12 @@ def main() -> None:
         default=0.5,
         help="then run the top rate again beside a busy loop taking this share of a core (0: skip)",
     )
+    ap.add_argument(
+        "--headroom-step",
+        type=int,
+        default=500,
+        help="then raise the rate in these steps until the p99 goal is missed (0: skip)",
+    )
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--skip-pg", action="store_true")
     ap.add_argument(
@@ -291,7 +297,13 @@ def main() -> None:
         result["http"] = {
             "when": result["when"],
             "commit": _commit(),
-            **http_load(a.rates, a.seconds, a.http_repeats, neighbour_duty=a.neighbour_duty),
+            **http_load(
+                a.rates,
+                a.seconds,
+                a.http_repeats,
+                neighbour_duty=a.neighbour_duty,
+                headroom_step=a.headroom_step,
+            ),
         }
     if not a.skip_pg:
         result["revocation_lag"] = revocation_lag(trials=40)
@@ -304,6 +316,10 @@ def main() -> None:
             for part in ("with_neighbour", "floor"):
                 if part in earlier["http"]:
                     kept[part] = earlier["http"][part]["median_by_p99"]
+            if "headroom" in earlier["http"]:
+                kept["headroom_highest_rate_meeting_goal"] = earlier["http"]["headroom"][
+                    "highest_rate_meeting_goal"
+                ]
             result["http_other_runs"] = [
                 *earlier.get("http_other_runs", []),
                 {"what": "an earlier run of consent_check.py", **kept},

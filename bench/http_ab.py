@@ -29,7 +29,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.http_harness import check_bodies, free_port, load, machine_state, process_cpu, serve  # noqa: E402
+from bench.http_harness import check_bodies, free_port, load, machine_state, serve, tree_cpu  # noqa: E402
 
 # Run in the side's own checkout, so its own migrations and dataset code build the database.
 _BUILD = """
@@ -41,11 +41,6 @@ json.dump(dataclasses.asdict(build(sys.argv[1], grants=100_000)), open(sys.argv[
 
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-
-
-def _tree_cpu(pid: int) -> dict[int, float]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return {p: process_cpu(p) for p in [pid, *map(int, children)]}
 
 
 def _prepare(code: Path, into: Path) -> SimpleNamespace:
@@ -67,12 +62,12 @@ def _session(code: Path, built: Path, token: str, a: argparse.Namespace) -> tupl
     server = serve(f"sqlite:///{run}/http.db", port, str(run), cwd=code)
     try:
         load(port=port, token=token, bodies=run / "bodies.json", rate=a.rate, seconds=a.seconds, warmup=True)
-        before, t0 = _tree_cpu(server.pid), time.monotonic()
+        before, t0 = tree_cpu(server.pid), time.monotonic()
         runs = [
             load(port=port, token=token, bodies=run / "bodies.json", rate=a.rate, seconds=a.seconds)
             for _ in range(a.runs)
         ]
-        after, elapsed = _tree_cpu(server.pid), time.monotonic() - t0
+        after, elapsed = tree_cpu(server.pid), time.monotonic() - t0
     finally:
         server.terminate()
         server.wait(timeout=30)
