@@ -252,6 +252,12 @@ def main() -> None:
         default=500,
         help="then raise the rate in these steps until the p99 goal is missed (0: skip)",
     )
+    ap.add_argument(
+        "--soak-seconds",
+        type=float,
+        default=300,
+        help="last, one run this long at the top rate, judged 5 s window by 5 s window (0: skip)",
+    )
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--skip-pg", action="store_true")
     ap.add_argument(
@@ -303,6 +309,7 @@ def main() -> None:
                 a.http_repeats,
                 neighbour_duty=a.neighbour_duty,
                 headroom_step=a.headroom_step,
+                soak_seconds=a.soak_seconds,
             ),
         }
     if not a.skip_pg:
@@ -316,6 +323,10 @@ def main() -> None:
             for part in ("with_neighbour", "floor"):
                 if part in earlier["http"]:
                     kept[part] = earlier["http"][part]["median_by_p99"]
+            if "soak" in earlier["http"]:
+                kept["soak_share_of_windows_meeting_goal"] = earlier["http"]["soak"][
+                    "share_of_windows_meeting_goal"
+                ]
             if "headroom" in earlier["http"]:
                 kept["headroom_highest_rate_meeting_goal"] = earlier["http"]["headroom"][
                     "highest_rate_meeting_goal"

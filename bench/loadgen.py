@@ -59,7 +59,9 @@ async def _warm_connection(host, port, queue):
         writer.close()
 
 
-async def run(host, port, path, token, bodies, rate, seconds, connections, warmup=False, dump=None):
+async def run(
+    host, port, path, token, bodies, rate, seconds, connections, warmup=False, dump=None, window=None
+):
     requests = [
         (
             f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
@@ -98,19 +100,28 @@ async def run(host, port, path, token, bodies, rate, seconds, connections, warmu
     lat = sorted(r[0] for r in results)
     ok = sum(1 for r in results if r[1] == 200)
 
-    def q(p):
-        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else None
-
-    return {
+    out = {
         "target_rps": rate,
         "achieved_rps": round(len(results) / elapsed, 1),
         "requests": len(results),
         "ok": ok,
-        "p50_ms": q(0.50),
-        "p90_ms": q(0.90),
-        "p99_ms": q(0.99),
-        "max_ms": q(1.0),
+        "p50_ms": _quantile_ms(lat, 0.50),
+        "p90_ms": _quantile_ms(lat, 0.90),
+        "p99_ms": _quantile_ms(lat, 0.99),
+        "max_ms": _quantile_ms(lat, 1.0),
     }
+    if window:
+        # A long run's p99 hides how its stretches differ: each window's own p99, by due time.
+        windows: list[list[float]] = [[] for _ in range(max(1, round(seconds / window)))]
+        for latency, _, scheduled, _ in results:
+            windows[min(len(windows) - 1, int((scheduled - start) / window))].append(latency)
+        out["window_seconds"] = window
+        out["window_p99_ms"] = [_quantile_ms(sorted(w), 0.99) for w in windows]
+    return out
+
+
+def _quantile_ms(ordered, p):
+    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 3) if ordered else None
 
 
 def main() -> None:
@@ -123,6 +134,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--warmup", action="store_true", help="send every body once before measuring")
     ap.add_argument("--dump", help="write each request's due time and latency to this JSON file")
+    ap.add_argument("--window", type=float, help="also report the p99 of each window of this many seconds")
     a = ap.parse_args()
     with open(a.bodies) as f:
         bodies = [json.dumps(b).encode() for b in json.load(f)]
@@ -141,6 +153,7 @@ def main() -> None:
             a.connections,
             warmup=a.warmup,
             dump=a.dump,
+            window=a.window,
         )
     )
     json.dump(out, sys.stdout)
