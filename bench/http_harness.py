@@ -390,7 +390,7 @@ def soak(port: int, token: str, bodies: Path, rate: int, seconds: float, server_
         "windows": len(windows),
         "windows_meeting_goal": len(met),
         "share_of_windows_meeting_goal": round(len(met) / len(windows), 3),
-        "window_p99_ms_sorted": sorted(p for p in windows if p is not None),
+        "window_p99_ms": windows,  # in time order: a drift over the run shows
     }
 
 
