@@ -400,7 +400,15 @@ def _floor(token: str, bodies: Path, rate: int, seconds: float, repeats: int) ->
     server = serve("", port, tempfile.mkdtemp(prefix="consent-floor-"), app=("bench.floor_app:app",))
     try:
         runs = [
-            load(port=port, token=token, bodies=bodies, rate=rate, seconds=seconds, warmup=i == 0)
+            load(
+                port=port,
+                token=token,
+                bodies=bodies,
+                rate=rate,
+                seconds=seconds,
+                warmup=i == 0,
+                server_pid=server.pid,
+            )
             for i in range(repeats)
         ]
     finally:
