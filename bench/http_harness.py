@@ -169,7 +169,8 @@ def load(
     time the hypervisor took (steal) while it ran.
 
     With `server_pid`, also the CPU the server and each of its helper processes spent per
-    request answered (warm-up requests included), which, unlike latency, a busy hour barely moves.
+    request answered (warm-up requests included): the work itself, far steadier than latency,
+    though a slower machine takes more CPU time for it (the sixth sitting's busy hours).
     """
     probe = cpu_steadiness(seconds=0.5)
     tree_before = tree_cpu(server_pid) if server_pid is not None else {}

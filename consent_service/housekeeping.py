@@ -183,7 +183,7 @@ def _upkeep(*, settings: Settings, stop: Any, parent: int, foreground: Foregroun
         # GC pass walked all of it: one took 117 ms in 300 s at 1,500 checks/s (at SCHED_IDLE,
         # so preempted throughout), holding the GIL that Foreground needs between SQLite calls
         # while it holds the write lock every audit commit waits for. Frozen, a pass walks
-        # only what upkeep allocated since: at most 11 ms in the same run (bench/HTTP_LOG.md).
+        # only what upkeep allocated since: at most 11 ms in a run like it (bench/HTTP_LOG.md).
         gc.collect()
         gc.freeze()
         try:
