@@ -282,8 +282,8 @@ def http_load(
                 )
             )
             print("http", runs[-1], flush=True)
-        top = sorted((r for r in runs if r["target_rps"] == max(rates)), key=lambda r: r["p99_ms"])
-        if headroom_step and top[len(top) // 2]["p99_ms"] <= GOAL_P99_MS:
+        top = median_by_p99([r for r in runs if r["target_rps"] == max(rates)])
+        if headroom_step and top["p99_ms"] <= GOAL_P99_MS:
             above = headroom(
                 port, data.platform_token, body_file, max(rates), headroom_step, seconds, repeats, server.pid
             )
@@ -299,10 +299,6 @@ def http_load(
     floor = _floor(data.platform_token, body_file, max(rates), seconds, repeats)
     # The machine is shared: each rate is run `repeats` times, interleaved, and
     # the median run by p99 is the one reported per rate.
-    by_rate = {
-        rate: sorted((r for r in runs if r["target_rps"] == rate), key=lambda r: r["p99_ms"])
-        for rate in rates
-    }
     return {
         "grants": 100_000,
         "database": "sqlite",
@@ -311,7 +307,7 @@ def http_load(
         "seconds_per_rate": seconds,
         "repeats": repeats,
         "each_check": "1 cameo, audit row committed, Ed25519 receipt signed",
-        "median_by_p99": [group[len(group) // 2] for group in by_rate.values()],
+        "median_by_p99": [median_by_p99([r for r in runs if r["target_rps"] == rate]) for rate in rates],
         "runs": runs,
         "machine_state": {"before": before, "after": machine_state(tmp)},
         **({"headroom": above} if above else {}),
@@ -319,6 +315,11 @@ def http_load(
         **({"soak": long_run} if long_run else {}),
         "floor": floor,
     }
+
+
+def median_by_p99(runs: list[dict]) -> dict:
+    """The run in the middle when ordered by p99: what each rate, step and setting reports."""
+    return sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2]
 
 
 # The issue's goal for a consent check over HTTP: p99 at most this, at 1,500 requests/s or more.
@@ -347,7 +348,7 @@ def headroom(
         ]
         for run in runs:
             print("http headroom", run, flush=True)
-        median = sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2]
+        median = median_by_p99(runs)
         # A server that falls behind the offered load has missed the goal whatever its p99.
         met = median["p99_ms"] <= GOAL_P99_MS and median["achieved_rps"] >= 0.99 * rate
         steps.append({"target_rps": rate, "met": met, "median_by_p99": median, "runs": runs})
@@ -419,7 +420,7 @@ def _floor(token: str, bodies: Path, rate: int, seconds: float, repeats: int) ->
         print("http floor", run, flush=True)
     return {
         "what": "a do-nothing ASGI app (bench/floor_app.py): same uvicorn settings, load generator and rate",
-        "median_by_p99": sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2],
+        "median_by_p99": median_by_p99(runs),
         "runs": runs,
     }
 
@@ -443,7 +444,7 @@ def _beside_a_neighbour(
     return {
         "neighbour": f"a busy loop for {duty:.0%} of every 10 ms",
         "neighbour_cores_measured": round(cores, 3),
-        "median_by_p99": sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2],
+        "median_by_p99": median_by_p99(runs),
         "runs": runs,
     }
 
