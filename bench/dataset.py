@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -175,4 +176,6 @@ def sample(url: str, *, n: int) -> Sample:
         ]
         conn.rollback()
     engine.dispose()
+    granted = [(sys.intern(o), sys.intern(g)) for o, g in granted]
+    owners, grantees = [sys.intern(o) for o in owners], [sys.intern(g) for g in grantees]
     return Sample(granted, owners, grantees, owner_handle, fresh)

@@ -77,10 +77,14 @@ async def run(
         for req in requests:
             warm.put_nowait(req)
         await asyncio.gather(*[_warm_connection(host, port, warm) for _ in range(8)])
-    # Its own full GC passes (10-16 ms, about one every 100 s) would count as the server's
-    # latency: what the imports and the warm-up left is frozen out of them.
+    # Its own GC passes would count as the server's latency: what the imports and the warm-up
+    # left is frozen out of them, and no pass runs while it measures. Each result is a tracked
+    # tuple, so a full pass grows with the run: logged in a 300 s run at 1,500/s, 2.3, 4.7, 6.1,
+    # 7.0, 10.0 and 10.3 ms (2026-11-30), and more in longer runs. What it allocates is freed by
+    # reference counting; a cycle left by a run waits for the pass after it.
     gc.collect()
     gc.freeze()
+    gc.disable()
     slots: asyncio.Queue = asyncio.Queue()
     results: list[tuple[float, int]] = []
     start = time.perf_counter() + 0.2
@@ -94,6 +98,7 @@ async def run(
         *[_one_connection(host, port, requests, slots, results, stop_at) for _ in range(connections)]
     )
     elapsed = max(time.perf_counter() - start, 1e-9)
+    gc.enable()
     if dump is not None:
         # Per request: when it was due (seconds from the first), its latency, and how late
         # this process sent it, for lining slow requests up against what the server's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -190,8 +191,15 @@ class PrincipalRef:
 
     @classmethod
     def of(cls, p: Principal) -> PrincipalRef:
+        # Interned, as the consent replica interns the ids in its rules and maps: a decision's
+        # lookups and matcher comparisons then meet the same string object, not an equal one
+        # to be compared byte by byte (policy/likeness.py).
         return cls(
-            id=p.id, kind=p.kind, handle=p.handle, birth_date=p.birth_date, display_name=p.display_name
+            id=sys.intern(p.id),
+            kind=p.kind,
+            handle=p.handle,
+            birth_date=p.birth_date,
+            display_name=p.display_name,
         )
 
 

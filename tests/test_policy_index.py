@@ -36,7 +36,10 @@ def test_index_filter_unions_pair_and_audience_rows():
 def test_index_drops_empty_buckets():
     policy = PairIndexedPolicy()
     row = ("bob", "alice", "generate", "", "allow", "granted")
+    audience = ("@everyone", "alice", "*", "", "allow", "audience_everyone")
     policy.append(row)
+    policy.append(audience)
     policy.remove(row)
+    policy.remove(audience)
     assert policy.rows_for(owner="alice", actor="bob") == []
-    assert policy._index == {}
+    assert policy._pairs == {} and policy._audience == {}
