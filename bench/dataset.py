@@ -176,6 +176,7 @@ def sample(url: str, *, n: int) -> Sample:
         ]
         conn.rollback()
     engine.dispose()
+    # Interned, as the service's PrincipalRef interns the ids it hands to the policy.
     granted = [(sys.intern(o), sys.intern(g)) for o, g in granted]
     owners, grantees = [sys.intern(o) for o in owners], [sys.intern(g) for g in grantees]
     return Sample(granted, owners, grantees, owner_handle, fresh)
