@@ -10,6 +10,7 @@ count and unions those two buckets in one filter.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from casbin.model import FastPolicy
 
@@ -33,13 +34,16 @@ class PairIndexedPolicy(FastPolicy):
         self._size = 0
         self._filtered: list[Rule] | None = None
 
-    def _bucket(self, rule: Sequence[str], *, create: bool) -> set[Rule] | None:
+    def _place(self, rule: Sequence[str]) -> tuple[dict[Any, set[Rule]], Any]:
+        """The map a rule's bucket lives in, and its key there: audience rows (actor starts
+        with '@') share one bucket per owner."""
         owner, actor = rule[OWNER], rule[ACTOR]
         if actor.startswith("@"):
-            table: dict = self._audience
-            key: object = owner
-        else:
-            table, key = self._pairs, (owner, actor)
+            return self._audience, owner
+        return self._pairs, (owner, actor)
+
+    def _bucket(self, rule: Sequence[str], *, create: bool) -> set[Rule] | None:
+        table, key = self._place(rule)
         bucket = table.get(key)
         if bucket is None and create:
             bucket = table[key] = set()
@@ -77,11 +81,8 @@ class PairIndexedPolicy(FastPolicy):
         bucket.remove(rule)
         self._size -= 1
         if not bucket:
-            owner, actor = policy[OWNER], policy[ACTOR]
-            if actor.startswith("@"):
-                del self._audience[owner]
-            else:
-                del self._pairs[(owner, actor)]
+            table, key = self._place(policy)
+            del table[key]
         return True
 
     def rows_for(self, *, owner: str, actor: str) -> list[Rule]:
