@@ -149,6 +149,29 @@ def test_grant_with_expiry_and_purposes(api):
     )
 
 
+def test_grant_again_replaces_scope_and_expiry(api):
+    """A second grant to the same person is one grant with the new terms, not a second row."""
+    api.user_with_cameo("alice")
+    api.principal("bob")
+    url = "/v1/cameos/alice/grants"
+    first = {"grantee_handle": "bob", "purposes": ["remix"], "expires_at": "2999-01-01T00:00:00Z"}
+    r = api.call("POST", url, "alice", json=first)
+    assert r.status_code == 201
+    created = api.call("GET", url, "alice").json()[0]["created_at"]
+    r = api.call("POST", url, "alice", json={"grantee_handle": "bob", "purposes": ["generate"]})
+    assert r.status_code == 201 and r.json()["grant"]["expires_at"] is None
+    listed = api.call("GET", url, "alice").json()
+    terms = [(g["grantee_handle"], g["purposes"], g["expires_at"]) for g in listed]
+    assert terms == [("bob", ["generate"], None)]
+    assert listed[0]["created_at"] == created
+    assert api.check("bob", ["alice"], purpose="generate").json()["allowed"]
+    reason = api.check("bob", ["alice"], purpose="remix").json()["decisions"][0]["reason"]
+    assert reason == "purpose_not_granted"
+    assert api.call("DELETE", "/v1/cameos/alice/grants/bob", "alice").status_code == 200
+    assert api.call("GET", url, "alice").json() == []
+    assert api.call("DELETE", "/v1/cameos/alice/grants/bob", "alice").status_code == 404
+
+
 def test_blocks_list_and_remove(api):
     api.user_with_cameo("alice", audience="everyone")
     api.principal("bob")

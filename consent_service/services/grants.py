@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import CursorResult
 from sqlmodel import Session, select
 
 from consent_service.db import writes
@@ -20,6 +21,8 @@ from consent_service.models import (
     Principal,
     PrincipalKind,
     PrincipalLike,
+    new_id,
+    utcnow,
 )
 from consent_service.replica import ConsentReplica, grant_op
 from consent_service.services.cameos import authorize_change, authorize_view, load_cameo
@@ -39,6 +42,16 @@ class GrantView:
     purposes: list[str]
     expires_at: datetime | None
     created_at: datetime
+
+
+# Grant and revoke write their row through the table, not the ORM: its unit of work (change
+# tracking, flush planning, the identity map) was a third of a grant's time, 1.4 of 5.9 ms at the
+# median on the ninth sitting's machine, and the grant goal is p99 <= 5 ms (bench/HTTP_LOG.md).
+_GRANTS = LikenessGrant.__table__  # type: ignore[attr-defined]
+
+
+def _grant_pair(*, cameo_id: str, grantee_id: str) -> Any:
+    return (_GRANTS.c.cameo_id == cameo_id) & (_GRANTS.c.grantee_id == grantee_id)
 
 
 def _user(session: Session, handle: str) -> Principal:
@@ -75,15 +88,24 @@ def grant_access(
     grantee = _user(session, grantee_handle)
     if grantee.id == owner.id:
         raise InvalidRequest("you always may use your own cameo")
-    grant = session.exec(
-        select(LikenessGrant).where(
-            LikenessGrant.cameo_id == cameo.id, LikenessGrant.grantee_id == grantee.id
+    scope = sorted({str(p) for p in purposes})
+    pair = _grant_pair(cameo_id=cameo.id, grantee_id=grantee.id)
+    created_at = session.execute(select(_GRANTS.c.created_at).where(pair)).scalar()
+    if created_at is None:
+        created_at = utcnow()
+        session.execute(
+            _GRANTS.insert(),
+            {
+                "id": new_id(),
+                "cameo_id": cameo.id,
+                "grantee_id": grantee.id,
+                "purposes": scope,
+                "expires_at": expires_at,
+                "created_at": created_at,
+            },
         )
-    ).first() or LikenessGrant(cameo_id=cameo.id, grantee_id=grantee.id)
-    grant.purposes = sorted({str(p) for p in purposes})
-    grant.expires_at = expires_at
-    session.add(grant)
-    session.flush()
+    else:
+        session.execute(_GRANTS.update().where(pair).values(purposes=scope, expires_at=expires_at))
     event = Event(
         "grant.create",
         actor.id,
@@ -91,19 +113,17 @@ def grant_access(
         decision="allow",
         details={
             "grantee": grantee.id,
-            "purposes": grant.purposes,
+            "purposes": scope,
             "expires_at": expires_at.isoformat() if expires_at else None,
         },
     )
     revision = commit_change(
         session,
         replica,
-        ops=[
-            grant_op(owner_id=owner.id, grantee_id=grantee.id, purposes=grant.purposes, expires_at=expires_at)
-        ],
+        ops=[grant_op(owner_id=owner.id, grantee_id=grantee.id, purposes=scope, expires_at=expires_at)],
         events=[event],
     )
-    view = GrantView(grantee.handle, grant.purposes, grant.expires_at, grant.created_at)
+    view = GrantView(grantee.handle, scope, expires_at, created_at)
     return view, revision
 
 
@@ -121,14 +141,9 @@ def revoke_access(
     owner, cameo = load_cameo(session, handle=owner_handle)
     authorize_change(session, actor=actor, owner=owner, tightening=True, adult_age=adult_age)
     grantee = get_by_handle(session, handle=grantee_handle)
-    grant = session.exec(
-        select(LikenessGrant).where(
-            LikenessGrant.cameo_id == cameo.id, LikenessGrant.grantee_id == grantee.id
-        )
-    ).first()
-    if grant is None:
+    gone = session.execute(_GRANTS.delete().where(_grant_pair(cameo_id=cameo.id, grantee_id=grantee.id)))
+    if cast(CursorResult[Any], gone).rowcount == 0:
         raise NotFound(f"@{grantee.handle} has no grant")
-    session.delete(grant)
     event = Event("grant.revoke", actor.id, owner.id, decision="deny", details={"grantee": grantee.id})
     return commit_change(
         session,
