@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from sqlmodel import Session, select
+from sqlalchemy import bindparam
+from sqlmodel import Session, col, select
 
 from consent_service.db import writes
 from consent_service.errors import (
@@ -48,10 +49,13 @@ def owner_minor(owner: Principal, *, adult_age: int) -> bool:
     return is_minor(owner.birth_date, today=date.today(), adult_age=adult_age)
 
 
+_CAMEO_OF = select(Cameo).where(col(Cameo.owner_id) == bindparam("owner_id"))  # built once, as _BY_HANDLE
+
+
 def load_cameo(session: Session, *, handle: str) -> tuple[Principal, Cameo]:
     """The owner and cameo for a handle, or CameoNotFound."""
     owner = get_by_handle(session, handle=handle)
-    cameo = session.exec(select(Cameo).where(Cameo.owner_id == owner.id)).first()
+    cameo = session.exec(_CAMEO_OF, params={"owner_id": owner.id}).first()
     if cameo is None:
         raise CameoNotFound(f"@{owner.handle} has no cameo")
     return owner, cameo

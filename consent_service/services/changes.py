@@ -140,6 +140,11 @@ def _same(value: Any) -> Any:
 
 
 _BUMP_SQL = "UPDATE log_counter SET next = next + ? WHERE id = 1 RETURNING next"
+# Built once: building a statement costs more than SQLite takes to run it (a change makes four).
+_RESERVE = text(_BUMP_SQL.replace("?", ":n"))
+_CURRENT_REVISION = text("SELECT value FROM revision_counter WHERE id = 1")
+_NEXT_REVISION = text("UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value")
+_NOTIFY = text("SELECT pg_notify(:channel, :rev)")
 
 
 def reserve_sequence(session: Session | Connection, *, count: int) -> int:
@@ -148,7 +153,7 @@ def reserve_sequence(session: Session | Connection, *, count: int) -> int:
     The counter row stays locked until commit, so positions commit in order
     and a rolled-back transaction gives its positions back: no gaps.
     """
-    end = int(session.execute(text(_BUMP_SQL.replace("?", ":n")), {"n": count}).scalar_one())
+    end = int(session.execute(_RESERVE, {"n": count}).scalar_one())
     return end - count
 
 
@@ -160,7 +165,7 @@ def write_event(session: Session, event: Event, *, revision: int | None) -> None
 def current_revision(session: Session) -> int:
     """The newest consent revision, for a request that changes nothing: inside a write transaction
     no change can commit before it returns, so a check at this revision sees the state it found."""
-    return int(session.execute(text("SELECT value FROM revision_counter WHERE id = 1")).scalar_one())
+    return int(session.execute(_CURRENT_REVISION).scalar_one())
 
 
 def record_change(session: Session, *, ops: list[dict[str, Any]], events: list[Event]) -> int:
@@ -169,19 +174,13 @@ def record_change(session: Session, *, ops: list[dict[str, Any]], events: list[E
     The UPDATE takes the counter's row lock until commit, so revisions commit in
     order and a replica replaying `consent_change` never sees a gap close late.
     """
-    revision = int(
-        session.execute(
-            text("UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value")
-        ).scalar_one()
-    )
+    revision = int(session.execute(_NEXT_REVISION).scalar_one())
     # Through the table, not the ORM: a flush of one pending object cost more than the statement.
     session.execute(_CHANGES.insert(), {"revision": revision, "ops": ops, "created_at": utcnow()})
     write_events(session, events, revision=revision)
     if session.get_bind().dialect.name == "postgresql":
         # Delivered at commit; other instances wake and replay at once.
-        session.execute(
-            text("SELECT pg_notify(:channel, :rev)"), {"channel": NOTIFY_CHANNEL, "rev": str(revision)}
-        )
+        session.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "rev": str(revision)})
     return revision
 
 

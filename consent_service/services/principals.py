@@ -7,6 +7,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import date
 
+from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -122,8 +123,13 @@ def revoke_key(session: Session, *, handle: str, key_id: str, revoked_by: str | 
     return key
 
 
+# Built once: every request that names a person looks them up, and building the statement cost
+# more than SQLite takes to run it.
+_BY_HANDLE = select(Principal).where(col(Principal.handle) == bindparam("handle"))
+
+
 def get_by_handle(session: Session, *, handle: str) -> Principal:
-    principal = session.exec(select(Principal).where(Principal.handle == normalize_handle(handle))).first()
+    principal = session.exec(_BY_HANDLE, params={"handle": normalize_handle(handle)}).first()
     if principal is None:
         raise UnknownHandle(f"unknown handle {handle!r}", details={"handle": handle})
     return principal
