@@ -140,11 +140,14 @@ def _same(value: Any) -> Any:
 
 
 _BUMP_SQL = "UPDATE log_counter SET next = next + ? WHERE id = 1 RETURNING next"
-# Built once: building a statement costs more than SQLite takes to run it (a change makes four).
+# Built once: building a statement costs more than SQLite takes to run it (a revocation runs all five).
 _RESERVE = text(_BUMP_SQL.replace("?", ":n"))
 _CURRENT_REVISION = text("SELECT value FROM revision_counter WHERE id = 1")
 _NEXT_REVISION = text("UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value")
 _NOTIFY = text("SELECT pg_notify(:channel, :rev)")
+_ACTIVE_SUBSCRIPTIONS = select(col(WebhookSubscription.id), col(WebhookSubscription.events)).where(
+    col(WebhookSubscription.active).is_(True)
+)
 
 
 def reserve_sequence(session: Session | Connection, *, count: int) -> int:
@@ -190,11 +193,7 @@ class _Replica(Protocol):
 
 def notify_platforms(session: Session, *, event: str, payload: dict[str, Any]) -> None:
     """Queue a webhook event for every subscribed platform in this transaction (an outbox)."""
-    subs = session.execute(
-        select(col(WebhookSubscription.id), col(WebhookSubscription.events)).where(
-            col(WebhookSubscription.active).is_(True)
-        )
-    ).all()
+    subs = session.execute(_ACTIVE_SUBSCRIPTIONS).all()
     for sub_id, wanted in subs:
         if event in wanted:
             body = {"event": event, "occurred_at": utcnow().isoformat(), **payload}
