@@ -6,6 +6,7 @@ Shared by tests/test_generation_race.py (CI) and bench/generation_gate.py.
 from __future__ import annotations
 
 import random
+import statistics
 import threading
 import time
 from datetime import date
@@ -41,13 +42,20 @@ def run_trials(
     runner: Any,
     trials: int,
     max_delay: float,
+    min_delay: float = 0.0,
     seed: int = 1,
     prefix: str = "racer",
 ) -> dict:
-    """Each trial: grant, request, start the job, revoke after a random delay; check every release."""
+    """Each trial: grant, request, start the job, revoke after a random delay; check every release.
+
+    `release_run_s` is the median time a released job took to run (None if none was released):
+    what a caller sizes the delays by, so that revocations land before, during and after jobs
+    on a machine of any speed.
+    """
     rng = random.Random(seed)
     outcomes: dict[str, int] = {}
     violations: list[str] = []
+    released_runs: list[float] = []
     with Session(engine, expire_on_commit=False) as s:
         owner = get_by_handle(s, handle="raceowner")
     for i in range(trials):
@@ -89,12 +97,13 @@ def run_trials(
                     )
                 )
 
-        timer = threading.Timer(rng.uniform(0, max_delay), revoke)
+        timer = threading.Timer(rng.uniform(min_delay, max_delay), revoke)
         timer.start()
-        status = runner.run(job.id)
+        status, took = timed(lambda job_id=job.id: runner.run(job_id))
         timer.join()
         outcomes[str(status)] = outcomes.get(str(status), 0) + 1
         if status is GenerationStatus.released:
+            released_runs.append(took)
             with Session(engine) as s:
                 released_at = s.exec(
                     select(AuditEvent.revision).where(
@@ -108,6 +117,7 @@ def run_trials(
         "outcomes": outcomes,
         "released_without_consent": len(violations),
         "violations": violations[:10],
+        "release_run_s": round(statistics.median(released_runs), 4) if released_runs else None,
     }
 
 
