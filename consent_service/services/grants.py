@@ -45,8 +45,8 @@ class GrantView:
 
 
 # Grant and revoke write their row through the table, not the ORM: its unit of work (change
-# tracking, flush planning, the identity map) was a third of a grant's time, 1.4 of 5.9 ms at the
-# median on the ninth sitting's machine, and the grant goal is p99 <= 5 ms (bench/HTTP_LOG.md).
+# tracking, flush planning, the identity map) took 1.4 of a 5.9 ms grant at the median for this
+# one row on the ninth sitting's machine, and the grant goal is p99 <= 5 ms (bench/HTTP_LOG.md).
 # The statements are built once, as building one costs more than SQLite takes to run it.
 _GRANTS = LikenessGrant.__table__  # type: ignore[attr-defined]
 _PAIR = (_GRANTS.c.cameo_id == bindparam("pair_cameo")) & (_GRANTS.c.grantee_id == bindparam("pair_grantee"))
