@@ -24,30 +24,26 @@ class PairIndexedPolicy(FastPolicy):
 
     Flat, not owner -> actor -> rules: at 1M rules a decision's time goes to memory
     misses, and each level of nested dicts is two or three more of them (the dict, its
-    table, its key). Measured with bench/consent_check.py's interleaved rounds.
+    table, its key). Measured with bench/consent_check.py's interleaved rounds. A bucket
+    is a tuple, rebuilt on change, not a set: one object of 48 bytes instead of 216 for
+    the usual one rule, so one memory miss less a decision and 426 MB instead of 658 at
+    1M rules; a pair or an owner holds a handful of rules at most, so rebuilding is cheap.
     """
 
     def __init__(self) -> None:
         super().__init__([OWNER, ACTOR])
-        self._pairs: dict[tuple[str, str], set[Rule]] = {}
-        self._audience: dict[str, set[Rule]] = {}
+        self._pairs: dict[tuple[str, str], tuple[Rule, ...]] = {}
+        self._audience: dict[str, tuple[Rule, ...]] = {}
         self._size = 0
         self._filtered: list[Rule] | None = None
 
-    def _place(self, rule: Sequence[str]) -> tuple[dict[Any, set[Rule]], Any]:
+    def _place(self, rule: Sequence[str]) -> tuple[dict[Any, tuple[Rule, ...]], Any]:
         """The map a rule's bucket lives in, and its key there: audience rows (actor starts
         with '@') share one bucket per owner."""
         owner, actor = rule[OWNER], rule[ACTOR]
         if actor.startswith("@"):
             return self._audience, owner
         return self._pairs, (owner, actor)
-
-    def _bucket(self, rule: Sequence[str], *, create: bool) -> set[Rule] | None:
-        table, key = self._place(rule)
-        bucket = table.get(key)
-        if bucket is None and create:
-            bucket = table[key] = set()
-        return bucket
 
     def __iter__(self) -> Iterator[list[str]]:
         if self._filtered is not None:
@@ -62,38 +58,36 @@ class PairIndexedPolicy(FastPolicy):
     def __contains__(self, item: object) -> bool:
         if not isinstance(item, list | tuple) or len(item) <= OWNER:
             return False
-        bucket = self._bucket(item, create=False)
-        return bucket is not None and tuple(item) in bucket
+        table, key = self._place(item)
+        return tuple(item) in table.get(key, ())
 
     def append(self, item: Sequence[str]) -> None:
-        bucket = self._bucket(item, create=True)
-        assert bucket is not None
-        rule = tuple(item)
+        table, key = self._place(item)
+        bucket, rule = table.get(key, ()), tuple(item)
         if rule not in bucket:
-            bucket.add(rule)
+            table[key] = (*bucket, rule)
             self._size += 1
 
     def remove(self, policy: Sequence[str]) -> bool:
-        bucket = self._bucket(policy, create=False)
-        rule = tuple(policy)
-        if bucket is None or rule not in bucket:
+        table, key = self._place(policy)
+        bucket, rule = table.get(key, ()), tuple(policy)
+        if rule not in bucket:
             return False
-        bucket.remove(rule)
         self._size -= 1
-        if not bucket:
-            table, key = self._place(policy)
+        if len(bucket) == 1:
             del table[key]
+        else:
+            table[key] = tuple(r for r in bucket if r != rule)
         return True
 
     def rows_for(self, *, owner: str, actor: str) -> list[Rule]:
         """The pair's own rows plus the owner's audience rows."""
-        rows = list(self._pairs.get((owner, actor), ()))
-        rows.extend(self._audience.get(owner, ()))
-        return rows
+        return [*self._pairs.get((owner, actor), ()), *self._audience.get(owner, ())]
 
-    def apply_filter(self, *keys: str) -> None:
+    def apply_filter(self, *keys: str) -> list[Rule]:
         owner, actor = keys
         self._filtered = self.rows_for(owner=owner, actor=actor)
+        return self._filtered
 
     def clear_filter(self) -> None:
         self._filtered = None

@@ -43,3 +43,15 @@ def test_index_drops_empty_buckets():
     policy.remove(audience)
     assert policy.rows_for(owner="alice", actor="bob") == []
     assert policy._pairs == {} and policy._audience == {}
+
+
+def test_index_keeps_a_pairs_other_rules_when_one_goes():
+    policy = PairIndexedPolicy()
+    grant = ("bob", "alice", "generate", "", "allow", "granted")
+    block = ("bob", "alice", "*", "", "deny", "blocked")
+    policy.append(grant)
+    policy.append(block)
+    assert sorted(policy.rows_for(owner="alice", actor="bob")) == sorted([grant, block])
+    assert policy.remove(block) is True
+    assert policy.rows_for(owner="alice", actor="bob") == [grant]
+    assert block not in policy and grant in policy and len(policy) == 1
