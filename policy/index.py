@@ -26,8 +26,8 @@ class PairIndexedPolicy(FastPolicy):
     misses, and each level of nested dicts is two or three more of them (the dict, its
     table, its key). Measured with bench/consent_check.py's interleaved rounds. A bucket
     is a tuple, rebuilt on change, not a set: one object of 48 bytes instead of 216 for
-    the usual one rule, so one memory miss less a decision and 426 MB instead of 658 at
-    1M rules; a pair or an owner holds a handful of rules at most, so rebuilding is cheap.
+    the usual one rule, 426 MB instead of 659 at 1M rules (decision time within the noise
+    of the set's); a pair or an owner holds a handful of rules at most, so rebuilding is cheap.
     """
 
     def __init__(self) -> None:
