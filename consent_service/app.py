@@ -86,7 +86,12 @@ def build_runtime(settings: Settings) -> Runtime:
         keys=keys,
         routes=RoutePolicy(),
         directory=Directory(engine, key_ttl=settings.api_key_cache_seconds),
-        audit=AuditWriter(engine, keys=keys, offload=settings.audit_writer == "process"),
+        audit=AuditWriter(
+            engine,
+            keys=keys,
+            offload=settings.audit_writer == "process",
+            max_pending=settings.audit_max_pending,
+        ),
         log=build_log(settings, engine),
         box=box,
         webhooks=WebhookDispatcher(engine, box=box),

@@ -35,7 +35,7 @@ from sqlalchemy import Engine
 
 from consent_service.audit_process import MAX_BATCH_ROWS, Answer, AppenderProcess, Claims, sign_receipt
 from consent_service.db import SQLITE_BUSY_TIMEOUT_MS, write_connection, writer_lock
-from consent_service.errors import AuditUnavailable
+from consent_service.errors import AuditUnavailable, Overloaded
 from consent_service.receipts import ReceiptKeys
 from consent_service.services.changes import Event, SqliteAuditAppender, WriterBusy, write_event_groups
 
@@ -64,10 +64,14 @@ class AuditWriter:
         max_batch: int = 1000,
         linger: float = 0.001,
         offload: bool = False,
+        max_pending: int = 5_000,
     ) -> None:
         """`keys` sign the receipts asked for; `offload`: on SQLite, commit in a child process
-        (audit_process.py) instead of on the loop."""
+        (audit_process.py) instead of on the loop; `max_pending`: how many appends may wait
+        at once before more are refused (Overloaded)."""
         self._engine = engine
+        self._max_pending = max_pending
+        self._waiting = 0
         self._keys = keys
         self._max_batch = max_batch
         self._linger = linger
@@ -120,12 +124,25 @@ class AuditWriter:
     ) -> str | None:
         """Return once the events are durably committed, with `receipt` signed if given (else None).
 
-        Raise AuditUnavailable when they could not be committed.
+        Raise AuditUnavailable when they could not be committed, Overloaded (before anything
+        is queued) when `max_pending` appends are already waiting.
         """
         if not self._running:
             raise AuditUnavailable("audit writer is not running")
         if receipt is not None and self._keys is None:
             raise ValueError("this audit writer has no receipt key")
+        if self._waiting >= self._max_pending:
+            raise Overloaded(
+                f"{self._waiting} consent checks are waiting for their audit rows; try again shortly",
+                details={"retry_after_seconds": 1},
+            )
+        self._waiting += 1
+        try:
+            return await self._append(events, revision, receipt)
+        finally:
+            self._waiting -= 1
+
+    async def _append(self, events: list[Event], revision: int | None, receipt: Claims | None) -> str | None:
         if self._inline:
             loop = asyncio.get_running_loop()
             waiter: asyncio.Future[str | None] = loop.create_future()

@@ -250,6 +250,13 @@ class AuditUnavailable(Unavailable):
     code = "audit_unavailable"
 
 
+class Overloaded(Unavailable):
+    """More checks wait for their audit rows than the writer clears in a few seconds: refused at
+    once, no decision given or audited; details carry `retry_after_seconds`."""
+
+    code = "overloaded"
+
+
 class GeneratorUnavailable(Unavailable):
     code = "generator_unavailable"
 

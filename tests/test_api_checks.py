@@ -46,6 +46,21 @@ def test_check_one_denied_cameo_denies_all_and_signs_nothing(api):
     assert [d["reason"] for d in body["decisions"]] == ["granted", "not_granted"]
 
 
+def test_check_refused_while_the_audit_writer_is_full(api):
+    _granted(api)
+    audit = api.client.app.state.runtime.audit
+    before = api.call("GET", "/v1/audit/events", "auditor", params={"action": "consent.check"}).json()
+    # As if audit_max_pending checks were already waiting (the writer's own test fills it for real).
+    audit._max_pending = 0
+    r = api.check("bob", ["alice"])
+    audit._max_pending = 5_000
+    assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+    assert r.headers["Retry-After"] == "1" and "receipt" not in r.json()
+    after = api.call("GET", "/v1/audit/events", "auditor", params={"action": "consent.check"}).json()
+    assert after == before  # refused before any decision was given or audited
+    assert api.check("bob", ["alice"]).json()["allowed"] is True
+
+
 def test_check_bad_inputs(api):
     _granted(api)
     r = api.check("bob", ["alice", "ghost", "nobody"])

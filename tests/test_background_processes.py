@@ -25,7 +25,7 @@ from consent_service.app import create_app
 from consent_service.audit_process import AppenderProcess, answer, to_wire
 from consent_service.audit_writer import AuditWriter
 from consent_service.db import make_engine
-from consent_service.errors import AuditUnavailable
+from consent_service.errors import AuditUnavailable, Overloaded
 from consent_service.housekeeping import Foreground, HousekeeperProcess, _yield_to_requests
 from consent_service.models import AuditEvent, LogCheckpoint
 from consent_service.receipts import ReceiptKeys
@@ -231,6 +231,27 @@ def test_writer_signs_no_receipt_for_rows_it_could_not_commit(tmp_path, mode):
             asyncio.run(writer.append(_checks(1)[0], revision=1, receipt=_claims("c0")))
     finally:
         writer.stop()
+
+
+@pytest.mark.parametrize("mode", WRITER_MODES)
+def test_writer_refuses_appends_beyond_max_pending_and_commits_the_rest(sqlite_url, mode):
+    writer = _writer(sqlite_url, mode, max_pending=2)
+    writer.start()
+
+    async def three() -> list:
+        # All three reach the writer before any commit answers: two wait, the third is refused.
+        groups = _checks(3, prefix="p")
+        return await asyncio.gather(*(writer.append(g, revision=1) for g in groups), return_exceptions=True)
+
+    try:
+        first = asyncio.run(three())
+        again = asyncio.run(writer.append(_checks(1, prefix="q")[0], revision=1))
+    finally:
+        writer.stop()
+    assert first[:2] == [None, None] and isinstance(first[2], Overloaded)
+    assert first[2].details == {"retry_after_seconds": 1}
+    assert again is None  # the refusal held nothing back: the next append goes through
+    assert _actors(writer._engine) == ["p0", "p1", "q0"]
 
 
 def test_writer_without_a_key_refuses_to_be_asked_for_a_receipt(sqlite_url):
