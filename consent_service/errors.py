@@ -251,7 +251,7 @@ class AuditUnavailable(Unavailable):
 
 
 class Overloaded(Unavailable):
-    """More checks wait for their audit rows than the writer clears in a few seconds: refused at
+    """As many checks wait for their audit rows as CONSENT_AUDIT_MAX_PENDING allows: refused at
     once, no decision given or audited; details carry `retry_after_seconds`."""
 
     code = "overloaded"

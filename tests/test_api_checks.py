@@ -51,9 +51,9 @@ def test_check_refused_while_the_audit_writer_is_full(api):
     audit = api.client.app.state.runtime.audit
     before = api.call("GET", "/v1/audit/events", "auditor", params={"action": "consent.check"}).json()
     # As if audit_max_pending checks were already waiting (the writer's own test fills it for real).
-    audit._max_pending = 0
+    limit, audit._max_pending = audit._max_pending, 0
     r = api.check("bob", ["alice"])
-    audit._max_pending = 5_000
+    audit._max_pending = limit
     assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
     assert r.headers["Retry-After"] == "1" and "receipt" not in r.json()
     after = api.call("GET", "/v1/audit/events", "auditor", params={"action": "consent.check"}).json()
