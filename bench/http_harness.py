@@ -6,6 +6,7 @@ http_ab.py (interleaved comparisons of two commits).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -175,6 +177,7 @@ def load(
     probe = cpu_steadiness(seconds=0.5)
     tree_before = tree_cpu(server_pid) if server_pid is not None else {}
     before = _cpu_times()
+    sampler = _Sampler(server_pid) if window and server_pid is not None else None
     out = subprocess.run(
         [
             sys.executable,
@@ -200,6 +203,10 @@ def load(
     after = _cpu_times()
     total = sum(after) - sum(before)
     summary = json.loads(out.stdout)
+    if sampler is not None:
+        summary["window_cpu"] = sampler.stop().by_window(
+            start=summary.pop("window_start"), window=window, requests=summary.pop("window_requests")
+        )
     result = {
         **summary,
         "probe_median_ms": probe["work_median_ms"],
@@ -213,6 +220,67 @@ def load(
             "children_largest_first": sorted(per_request.values(), reverse=True),
         }
     return result
+
+
+class _Sampler:
+    """CPU used by the server's processes and by the machine, sampled through a long run.
+
+    A soak's slow windows can come from the machine (a virtual CPU running slower, time
+    stolen by the hypervisor) or from the service (more work per check: a checkpoint, the
+    log catching up). The work per check is fixed, so its CPU time per window tells them
+    apart: the same work taking more CPU time is a slower machine, one process taking more
+    than the others is extra work there. Reading /proc every half second costs nothing the
+    service would notice.
+    """
+
+    _EVERY_SECONDS = 0.5
+
+    def __init__(self, server_pid: int) -> None:
+        self._pid = server_pid
+        self._samples: list[tuple[float, dict[int, float], list[int]]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with contextlib.suppress(OSError):  # a process ended between listing and reading
+                self._samples.append((time.perf_counter(), tree_cpu(self._pid), _cpu_times()))
+            if self._done.wait(self._EVERY_SECONDS):
+                return
+
+    def stop(self) -> _Sampler:
+        self._done.set()
+        self._thread.join()
+        return self
+
+    def by_window(self, *, start: float, window: float, requests: list[int]) -> list[dict]:
+        """Per window: CPU ms per request of the server and of each child (largest over the run
+        first), and the shares of the machine's CPU time that were busy and stolen."""
+        samples = self._samples
+
+        def nearest(t: float) -> tuple[float, dict[int, float], list[int]]:
+            return min(samples, key=lambda s: abs(s[0] - t))
+
+        whole = {p: cpu - samples[0][1].get(p, 0.0) for p, cpu in samples[-1][1].items()}
+        children = sorted((p for p in whole if p != self._pid), key=whole.__getitem__, reverse=True)
+        out = []
+        for k, count in enumerate(requests):
+            _, cpu0, ticks0 = nearest(start + k * window)
+            _, cpu1, ticks1 = nearest(start + (k + 1) * window)
+            ticks = [b - a for a, b in zip(ticks0, ticks1, strict=True)]
+            total = sum(ticks) or 1
+            spent = {p: cpu1.get(p, 0.0) - cpu0.get(p, 0.0) for p in cpu1}
+            per_request = {p: round(1000 * cpu / max(count, 1), 3) for p, cpu in spent.items()}
+            out.append(
+                {
+                    "server": per_request.get(self._pid),
+                    "children_largest_first": [per_request.get(p) for p in children],
+                    "busy_share": round(1 - (ticks[3] + ticks[4]) / total, 3),
+                    "steal_share": round(ticks[7] / total, 4),
+                }
+            )
+        return out
 
 
 def tree_cpu(pid: int) -> dict[int, float]:
@@ -384,6 +452,7 @@ def soak(port: int, token: str, bodies: Path, rate: int, seconds: float, server_
         window=_SOAK_WINDOW_SECONDS,
     )
     windows = run.pop("window_p99_ms")
+    cpu = run.pop("window_cpu")
     print("http soak", run, flush=True)
     met = [p for p in windows if p is not None and p <= GOAL_P99_MS]
     return {
@@ -393,7 +462,36 @@ def soak(port: int, token: str, bodies: Path, rate: int, seconds: float, server_
         "windows_meeting_goal": len(met),
         "share_of_windows_meeting_goal": round(len(met) / len(windows), 3),
         "window_p99_ms": windows,  # in time order: a drift over the run shows
+        "window_cpu": cpu,
+        "missed_against_met_windows": _compare_windows(windows, cpu),
     }
+
+
+def _compare_windows(p99s: list[float | None], cpu: list[dict]) -> dict:
+    """Medians over the windows that missed the goal and over those that met it: did the
+    service do more work per check in the slow ones, or did the same work take longer?"""
+
+    def medians(picked: list[dict]) -> dict | None:
+        if not picked:
+            return None
+
+        def median(values: list[float]) -> float:
+            return sorted(values)[len(values) // 2]
+
+        return {
+            "windows": len(picked),
+            "server_cpu_ms_per_request": median([w["server"] or 0.0 for w in picked]),
+            "children_cpu_ms_per_request": [
+                median([w["children_largest_first"][i] or 0.0 for w in picked])
+                for i in range(len(picked[0]["children_largest_first"]))
+            ],
+            "busy_share": median([w["busy_share"] for w in picked]),
+            "steal_share": median([w["steal_share"] for w in picked]),
+        }
+
+    missed = [w for p, w in zip(p99s, cpu, strict=True) if p is None or p > GOAL_P99_MS]
+    met = [w for p, w in zip(p99s, cpu, strict=True) if p is not None and p <= GOAL_P99_MS]
+    return {"missed": medians(missed), "met": medians(met)}
 
 
 def _floor(token: str, bodies: Path, rate: int, seconds: float, repeats: int) -> dict:
