@@ -11,6 +11,7 @@ import json
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -491,7 +492,42 @@ def _compare_windows(p99s: list[float | None], cpu: list[dict]) -> dict:
 
     missed = [w for p, w in zip(p99s, cpu, strict=True) if p is None or p > GOAL_P99_MS]
     met = [w for p, w in zip(p99s, cpu, strict=True) if p is not None and p <= GOAL_P99_MS]
-    return {"missed": medians(missed), "met": medians(met)}
+    timed = [(p, w) for p, w in zip(p99s, cpu, strict=True) if p is not None]
+    p99 = [p for p, _ in timed]
+    return {
+        "missed": medians(missed),
+        "met": medians(met),
+        # Spearman's, between each window's p99 and what was measured in it.
+        "rank_correlation_with_p99": {
+            "server_cpu": _rank_correlation(p99, [w["server"] or 0.0 for _, w in timed]),
+            "largest_child_cpu": _rank_correlation(
+                p99, [(w["children_largest_first"] or [0.0])[0] or 0.0 for _, w in timed]
+            ),
+            "steal_share": _rank_correlation(p99, [w["steal_share"] for _, w in timed]),
+        },
+    }
+
+
+def _rank_correlation(a: list[float], b: list[float]) -> float | None:
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):  # ties share their mean rank
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    if len(a) < 3:
+        return None
+    try:
+        return round(statistics.correlation(ranks(a), ranks(b)), 3)
+    except statistics.StatisticsError:  # one side constant
+        return None
 
 
 def _floor(token: str, bodies: Path, rate: int, seconds: float, repeats: int) -> dict:
