@@ -74,7 +74,7 @@ class ConsentCheckHotPath:
             return
         try:
             # The body limit first, as the body limit middleware refuses ahead of everything.
-            body = await read_body(scope, receive, max_bytes=self.max_bytes)
+            body = await read_body(scope, receive, max_bytes=self.max_bytes, headers=headers)
             if body is None:
                 return  # the client went away
             runtime: Runtime = self.app.state.runtime

@@ -80,12 +80,17 @@ class BodyLimit:
         await domain_error_response(error)(scope, receive, send)
 
 
-async def read_body(scope: Mapping[str, Any], receive: Any, *, max_bytes: int) -> bytes | None:
+async def read_body(
+    scope: Mapping[str, Any], receive: Any, *, max_bytes: int, headers: Mapping[bytes, bytes] | None = None
+) -> bytes | None:
     """The whole request body, None if the client went away first.
 
     Raises BodyTooLarge past `max_bytes` (declared or read) and NulCharacter for a NUL in JSON.
+    `headers`: the request's headers as a mapping, where the caller has built one already.
     """
-    declared = dict(scope.get("headers") or []).get(b"content-length")
+    if headers is None:
+        headers = dict(reversed(scope.get("headers") or []))  # a repeated header: the first wins
+    declared = headers.get(b"content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
         raise BodyTooLarge(f"body over {max_bytes} bytes")
     chunks: list[bytes] = []
