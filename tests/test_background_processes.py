@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
+from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, func, select
 
 from consent_service.app import create_app
@@ -306,6 +307,28 @@ def test_audit_appender_checkpoints_only_at_the_backstop(sqlite_url):
         )
     finally:
         appender.close()
+        engine.dispose()
+
+
+def test_audit_appender_keeps_its_statement_journal_in_memory_and_returns_its_connection_as_it_came(
+    sqlite_url,
+):
+    """Large batches spilled the INSERT's statement journal to a temporary file in every commit."""
+    from consent_service.db import SQLITE_BUSY_TIMEOUT_MS
+    from consent_service.services.changes import SqliteAuditAppender
+
+    engine = make_engine(sqlite_url, poolclass=StaticPool)  # one connection: the pool hands it back
+    appender = SqliteAuditAppender(engine)
+    db = appender._db
+    assert db.execute("PRAGMA temp_store").fetchone() == (2,)  # MEMORY
+    appender.close()
+    try:
+        raw = engine.raw_connection()
+        assert raw.driver_connection is db
+        assert db.execute("PRAGMA temp_store").fetchone() == (0,)  # DEFAULT
+        assert db.execute("PRAGMA busy_timeout").fetchone() == (SQLITE_BUSY_TIMEOUT_MS,)
+        raw.close()
+    finally:
         engine.dispose()
 
 
