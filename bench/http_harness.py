@@ -259,6 +259,8 @@ class _Sampler:
         """Per window: CPU ms per request of the server and of each child (largest over the run
         first), and the shares of the machine's CPU time that were busy and stolen."""
         samples = self._samples
+        if not samples:
+            return []
 
         def nearest(t: float) -> tuple[float, dict[int, float], list[int]]:
             return min(samples, key=lambda s: abs(s[0] - t))
@@ -464,7 +466,7 @@ def soak(port: int, token: str, bodies: Path, rate: int, seconds: float, server_
         "share_of_windows_meeting_goal": round(len(met) / len(windows), 3),
         "window_p99_ms": windows,  # in time order: a drift over the run shows
         "window_cpu": cpu,
-        "missed_against_met_windows": _compare_windows(windows, cpu),
+        "missed_against_met_windows": _compare_windows(windows, cpu) if len(cpu) == len(windows) else None,
     }
 
 

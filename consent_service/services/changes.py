@@ -98,7 +98,7 @@ class SqliteAuditAppender:
         # temporary file, created and deleted in that commit: measured on a benchmark database,
         # every batch of 8 rows or more (their index entries land on pages all over the
         # indexes), which is every batch once the appender falls behind. In memory it holds
-        # at most a batch's pages, about 1 MB.
+        # the pages one batch changes: about 1 MB for the child's batches of at most 100 rows.
         self._db.execute("PRAGMA temp_store=MEMORY")
         columns = [c for c in AUDIT_TABLE.columns if not c.primary_key]
         dialect = engine.dialect
