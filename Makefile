@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export CONSENT_DATA_DIR ?= var
 
-.PHONY: run test lint bench venv migrate clean
+.PHONY: run test lint bench capacity venv migrate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/generation_gate.py
 	$(BIN)/python bench/verification.py
 	$(BIN)/python bench/provenance.py
+
+# A few seconds: what the committed HTTP runs predict this machine holds within the goal.
+capacity: $(STAMP)
+	$(BIN)/python -m bench.capacity
 
 clean:
 	rm -rf $(VENV) var

@@ -23,9 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.capacity import capacity_by_speed  # noqa: E402
 from bench.http_harness import free_port, http_load, pct_ms, serve  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "consent_check.json"
+# Not carried over by a merge: bookkeeping, and the capacity summary, derived anew from the HTTP runs.
+_DERIVED_SECTIONS = ("sections_from", "kept_from_run_of", "capacity_by_speed")
 PG_URL = os.environ.get("CONSENT_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/consent_bench")
 
 
@@ -353,7 +356,8 @@ def main() -> None:
         "--headroom-step",
         type=int,
         default=500,
-        help="then raise the rate in these steps until the p99 goal is missed (0: skip)",
+        help="then move the rate from the top one in these steps, up until the p99 goal is missed "
+        "or, if the top rate missed it, down until it is met (0: skip)",
     )
     ap.add_argument(
         "--soak-seconds",
@@ -432,11 +436,13 @@ def main() -> None:
         origins = earlier.get("sections_from", {})
         kept_from = {}
         for section in earlier:
-            if section not in result and section not in ("sections_from", "kept_from_run_of"):
+            if section not in result and section not in _DERIVED_SECTIONS:
                 result[section] = earlier[section]
                 kept_from[section] = origins.get(section, earlier["when"])
         if kept_from:
             result["sections_from"] = kept_from
+    if "http" in result:
+        result["capacity_by_speed"] = capacity_by_speed(result)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")

@@ -244,8 +244,8 @@ def http_load(
 ) -> dict:
     """Drive a real uvicorn server from a second process at fixed request rates.
 
-    With `headroom_step`, rates above the top one are then tried in those steps, `repeats` runs
-    each, up to the first whose median p99 misses GOAL_P99_MS (see `headroom`). With
+    With `headroom_step`, the rate then moves from the top one in those steps, `repeats` runs
+    each: up while the goal holds, down while it is missed (see `headroom`). With
     `neighbour_duty`, the top rate is then run again beside a process that keeps that
     share of one core busy: a reproducible stand-in for the busy hours of a shared machine.
     With `soak_seconds`, last, one run that long at the top rate (see `soak`).
@@ -278,10 +278,18 @@ def http_load(
                 )
             )
             print("http", runs[-1], flush=True)
-        top = median_by_p99([r for r in runs if r["target_rps"] == max(rates)])
-        if headroom_step and top["p99_ms"] <= GOAL_P99_MS:
+        if headroom_step:
+            top = median_by_p99([r for r in runs if r["target_rps"] == max(rates)])
             above = headroom(
-                port, data.platform_token, body_file, max(rates), headroom_step, seconds, repeats, server.pid
+                port,
+                data.platform_token,
+                body_file,
+                top=max(rates),
+                top_met=meets_goal(top),
+                step=headroom_step,
+                seconds=seconds,
+                repeats=repeats,
+                server_pid=server.pid,
             )
         if neighbour_duty:
             neighbour = _beside_a_neighbour(
@@ -323,21 +331,36 @@ GOAL_P99_MS = 10.0
 _HEADROOM_CEILING = 10_000
 
 
-def headroom(
-    port: int, token: str, bodies: Path, top: int, step: int, seconds: float, repeats: int, server_pid: int
-) -> dict:
-    """How far above `top` requests/s the goal still holds, on this machine in this hour.
+def meets_goal(run: dict) -> bool:
+    """p99 within the goal, and the offered rate kept up with: a server that falls behind has missed it."""
+    return run["p99_ms"] <= GOAL_P99_MS and run["achieved_rps"] >= 0.99 * run["target_rps"]
 
-    p99 at one rate says whether the goal held; it does not say by how much. Here the rate
-    climbs in `step`s until the median p99 of a step's runs misses the goal. The highest rate
-    that met it, over `top`, is how much slower a machine could run before the goal is
-    missed at `top` (roughly: it assumes the CPU per request scales with the machine's speed).
-    Run only when `top` itself met the goal.
+
+def headroom(
+    port: int,
+    token: str,
+    bodies: Path,
+    *,
+    top: int,
+    top_met: bool,
+    step: int,
+    seconds: float,
+    repeats: int,
+    server_pid: int,
+) -> dict:
+    """The highest rate, in `step`s, at which the goal holds on this machine in this hour.
+
+    p99 at one rate says whether the goal held; it does not say by how much, or by how much
+    it was missed. If `top` met the goal the rate climbs in `step`s until a step's median run
+    misses it; if not, it falls in `step`s until one meets it. The highest rate that met it
+    is this machine's capacity under the goal, which bench/capacity.py sets against how fast
+    the machine ran (the steadiness probe), run by run.
     """
-    steps = []
+    steps: list[dict[str, Any]] = []
+    met_rates: list[int] = []
     rate = top
-    while rate < _HEADROOM_CEILING:
-        rate += step
+    while (rate < _HEADROOM_CEILING) if top_met else (rate > step):
+        rate += step if top_met else -step
         runs = [
             load(port=port, token=token, bodies=bodies, rate=rate, seconds=seconds, server_pid=server_pid)
             for _ in range(repeats)
@@ -345,18 +368,20 @@ def headroom(
         for run in runs:
             print("http headroom", run, flush=True)
         median = median_by_p99(runs)
-        # A server that falls behind the offered load has missed the goal whatever its p99.
-        met = median["p99_ms"] <= GOAL_P99_MS and median["achieved_rps"] >= 0.99 * rate
+        met = meets_goal(median)
         steps.append({"target_rps": rate, "met": met, "median_by_p99": median, "runs": runs})
-        if not met:
+        if met:
+            met_rates.append(rate)
+        if met != top_met:
             break
-    best = max((s["target_rps"] for s in steps if s["met"]), default=top)
+    best = max(met_rates, default=top if top_met else None)
     return {
         "goal_p99_ms": GOAL_P99_MS,
         "step": step,
+        "direction": "up" if top_met else "down",
         "steps": steps,
         "highest_rate_meeting_goal": best,
-        "over_top_rate": round(best / top, 2),
+        "over_top_rate": round(best / top, 2) if best else None,
     }
 
 
