@@ -42,8 +42,9 @@ def capacity_by_speed(results: dict[str, Any]) -> dict[str, Any]:
 
     `rate_times_probe` is that product for the runs whose search found the highest rate; a run
     without a search whose top rate missed the goal says only that its product lay below
-    `top rate x probe` (`missed_at_top`). The search moves in steps (500/s by default), so each
-    product is a lower bound, short of the run's own by at most a step times its probe.
+    `top rate x probe` (`missed_at_top`). The search moves in steps (500/s by default), halved
+    twice at the end since the twelfth sitting, so each product is a lower bound: short by up to
+    a quarter step times the probe, or a whole step in the earlier runs.
     """
     runs = [*results.get("http_other_runs", []), *([results["http"]] if "http" in results else [])]
     measured, missed = [], []

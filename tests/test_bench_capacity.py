@@ -24,12 +24,12 @@ def _rate(
 
 @pytest.fixture
 def machine(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """`load` on a made-up machine whose p99 crosses the goal above 2,000/s; records the rates run."""
+    """`load` on a made-up machine that meets the goal up to 2,200/s; records the rates run."""
     offered: list[int] = []
 
     def load(*, rate: int, **_: Any) -> dict[str, Any]:
         offered.append(rate)
-        return _rate(rate, 4.0 if rate <= 2000 else 25.0)
+        return _rate(rate, 4.0 if rate <= 2200 else 25.0)
 
     monkeypatch.setattr(http_harness, "load", load)
     return offered
@@ -49,24 +49,24 @@ def _search(top: int, top_met: bool) -> dict[str, Any]:
     )
 
 
-def test_a_met_top_rate_climbs_until_the_goal_is_missed(machine: list[int]) -> None:
+def test_a_met_top_rate_climbs_until_the_goal_is_missed_then_halves_the_last_step(machine: list[int]) -> None:
     found = _search(1500, top_met=True)
-    assert machine == [2000] * 3 + [2500] * 3
+    assert machine == [2000] * 3 + [2500] * 3 + [2250] * 3 + [2125] * 3
+    assert [s["met"] for s in found["steps"]] == [True, False, False, True]
     assert (found["direction"], found["highest_rate_meeting_goal"], found["over_top_rate"]) == (
         "up",
-        2000,
-        1.33,
+        2125,
+        1.42,
     )
-    assert [s["met"] for s in found["steps"]] == [True, False]
 
 
-def test_a_missed_top_rate_falls_until_the_goal_is_met(machine: list[int]) -> None:
+def test_a_missed_top_rate_falls_until_the_goal_is_met_then_halves_the_last_step(machine: list[int]) -> None:
     found = _search(3500, top_met=False)
-    assert machine == [3000] * 3 + [2500] * 3 + [2000] * 3
+    assert machine == [3000] * 3 + [2500] * 3 + [2000] * 3 + [2250] * 3 + [2125] * 3
     assert (found["direction"], found["highest_rate_meeting_goal"], found["over_top_rate"]) == (
         "down",
-        2000,
-        0.57,
+        2125,
+        0.61,
     )
 
 
