@@ -368,8 +368,9 @@ def headroom(
         for run in runs:
             print("http headroom", run, flush=True)
         median = median_by_p99(runs)
-        steps.append({"target_rps": rate, "met": meets_goal(median), "median_by_p99": median, "runs": runs})
-        return meets_goal(median)
+        held = meets_goal(median)
+        steps.append({"target_rps": rate, "met": held, "median_by_p99": median, "runs": runs})
+        return held
 
     # The rates known to meet the goal (`met`) and to miss it (`missed`); the answer lies between.
     met, missed = (top, None) if top_met else (None, top)
