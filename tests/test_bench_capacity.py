@@ -126,4 +126,9 @@ def test_the_estimate_scales_the_band_by_the_machines_speed() -> None:
         "median": 1750,
         "max": 2250,
     }
-    assert capacity_by_speed({"http_other_runs": []})["rate_times_probe"] is None
+
+
+def test_without_a_search_on_record_there_is_no_band_to_predict_from() -> None:
+    summary = capacity_by_speed({"http_other_runs": [{"when": "d", "median_by_p99": [_rate(1500, 4.0)]}]})
+    assert summary["measured"] == [] and summary["rate_times_probe"] is None
+    assert summary["probe_ms_for_goal_rate"] is None
