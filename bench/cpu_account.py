@@ -102,10 +102,7 @@ def compare_windows(p99s: list[float | None], cpu: list[dict], *, goal_ms: float
     def medians(picked: list[dict]) -> dict | None:
         if not picked:
             return None
-
-        def median(values: list[float]) -> float:
-            return sorted(values)[len(values) // 2]
-
+        median = statistics.median_high
         return {
             "windows": len(picked),
             "server_cpu_ms_per_request": median([w["server"] or 0.0 for w in picked]),
