@@ -60,6 +60,7 @@ def build_runtime(settings: Settings) -> Runtime:
         engine=engine,
         policy=LikenessPolicy(adult_age=settings.adult_age_years),
         poll_interval=settings.sync_interval_seconds,
+        huge_pages_min_rules=settings.replica_huge_pages_min_rules,
     )
     replica.load()
     signing = load_or_create_key(

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, select, text
 from sqlmodel import Session, col
 
 from consent_service.errors import StaleRevision
+from consent_service.hugepages import CollapseReport, collapse_heap
 from consent_service.models import (
     Block,
     Cameo,
@@ -84,8 +85,19 @@ def _snapshot_ops(session: Session) -> Iterator[dict[str, Any]]:
 class ConsentReplica:
     """Owns the LikenessPolicy of this process and replays `consent_change` into it."""
 
-    def __init__(self, *, engine: Engine, policy: LikenessPolicy, poll_interval: float = 0.25) -> None:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        policy: LikenessPolicy,
+        poll_interval: float = 0.25,
+        huge_pages_min_rules: int = 0,
+    ) -> None:
+        """`huge_pages_min_rules`: from this many rules loaded on, move the heap onto 2 MB pages
+        (hugepages.py); 0: never."""
         self.engine = engine
+        self._huge_pages_min_rules = huge_pages_min_rules
+        self.huge_pages: CollapseReport | None = None
         self.policy = policy
         self._poll_interval = poll_interval
         self._catch_up_lock = threading.Lock()
@@ -109,6 +121,8 @@ class ConsentReplica:
         # a pause of tens of milliseconds; freezing moves them out of its reach.
         gc.collect()
         gc.freeze()
+        if 0 < self._huge_pages_min_rules <= self.policy.rule_count:
+            self.huge_pages = collapse_heap()
 
     def _load_snapshot(self) -> None:
         with Session(self.engine) as session:
