@@ -1,7 +1,9 @@
-"""The benchmark's capacity search and its rate-against-speed summary, on made-up measurements."""
+"""The benchmark's capacity search, its rate-against-speed summary and its paired decision
+spread, on made-up measurements."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +134,29 @@ def test_without_a_search_on_record_there_is_no_band_to_predict_from() -> None:
     summary = capacity_by_speed({"http_other_runs": [{"when": "d", "median_by_p99": [_rate(1500, 4.0)]}]})
     assert summary["measured"] == [] and summary["rate_times_probe"] is None
     assert summary["probe_ms_for_goal_rate"] is None
+
+
+def _size(grants: int, rounds: list[float]) -> dict[str, Any]:
+    return {"grants": grants, "decision": {"p99_ms_per_round": rounds}}
+
+
+def test_paired_spread_sees_the_size_through_a_change_of_machine_speed():
+    from bench.consent_check import paired_spread
+
+    # The machine runs at 0.020 ms, then at 0.014; the change comes in the fifth round's turns,
+    # after 1k and 1M ran it and before 100k did, and again after the sixth round's. 1M is 10%
+    # slower than 1k throughout, 100k 5%.
+    early, late = [0.020] * 4 + [0.014] * 6, [0.020] * 6 + [0.014] * 4
+    sizes = [
+        _size(1_000_000, [s * 1.10 for s in early]),
+        _size(1_000, early),
+        _size(100_000, [s * 1.05 for s in late]),
+    ]
+    medians = [statistics.median(s["decision"]["p99_ms_per_round"]) for s in sizes]
+    assert max(medians) / min(medians) - 1 > 0.4  # the medians alone: the machine's change
+    result = paired_spread(sizes)
+    assert result["p99_over_smallest_by_round"] == {"1000": 1.0, "100000": 1.05, "1000000": 1.1}
+    assert result["spread"] == pytest.approx(0.10, abs=1e-3)
+    # Rounds that do not line up (a size with a round missing) are refused, not paired wrongly.
+    with pytest.raises(ValueError):
+        paired_spread([_size(1_000, early), _size(1_000_000, early[1:])])
