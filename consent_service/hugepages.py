@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MIN_RULES = 100_000
 MADV_COLLAPSE = 25
 HUGE_PAGE = 2 << 20
-_MAPS = Path("/proc/self/maps")
+# A mapping less resident than this is left alone (see anonymous_ranges).
+MIN_RESIDENT = 0.8
+_SMAPS = Path("/proc/self/smaps")
 
 
 @dataclass
@@ -43,18 +45,31 @@ class CollapseReport:
     supported: bool = True
 
 
-def anonymous_ranges(maps: str) -> list[tuple[int, int]]:
+def anonymous_ranges(smaps: str, *, min_resident: float = MIN_RESIDENT) -> list[tuple[int, int]]:
     """The 2 MB-aligned stretches of private, writable, anonymous mappings (and the brk heap)
-    in a /proc/<pid>/maps text: the ones MADV_COLLAPSE can turn into huge pages."""
+    in a /proc/<pid>/smaps text that are at least `min_resident` in memory already.
+
+    MADV_COLLAPSE fills every 4 KB page of a 2 MB stretch it collapses, touched or not, so a
+    mapping mostly reserved and never written (an allocator's spare room) would swell RSS
+    by what it never used; Python's arenas behind a loaded replica are nearly all resident."""
     ranges = []
-    for line in maps.splitlines():
+    mapping: tuple[int, int] | None = None
+    for line in smaps.splitlines():
         parts = line.split()
-        if len(parts) < 5 or parts[1] != "rw-p" or (len(parts) > 5 and parts[5] != "[heap]"):
+        if not parts:
             continue
-        low, high = (int(bound, 16) for bound in parts[0].split("-"))
-        start, end = (low + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1), high & ~(HUGE_PAGE - 1)
-        if end > start:
-            ranges.append((start, end))
+        if not parts[0].endswith(":"):  # a mapping's header: address range, perms, offset, dev, inode, path
+            anonymous = len(parts) >= 5 and parts[1] == "rw-p" and (len(parts) == 5 or parts[5] == "[heap]")
+            low, high = (int(bound, 16) for bound in parts[0].split("-"))
+            mapping = (low, high) if anonymous else None
+        elif parts[0] == "Rss:" and mapping is not None:
+            low, high = mapping
+            mapping = None
+            if int(parts[1]) * 1024 < min_resident * (high - low):
+                continue
+            start, end = (low + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1), high & ~(HUGE_PAGE - 1)
+            if end > start:
+                ranges.append((start, end))
     return ranges
 
 
@@ -63,14 +78,14 @@ def collapse_heap() -> CollapseReport:
     report = CollapseReport()
     began = time.perf_counter()
     try:
-        maps = _MAPS.read_text()
+        smaps = _SMAPS.read_text()
         madvise = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):
         report.supported = False
         return report
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int
-    for start, end in anonymous_ranges(maps):
+    for start, end in anonymous_ranges(smaps):
         if madvise(start, end - start, MADV_COLLAPSE) == 0:
             report.collapsed_bytes += end - start
             continue
