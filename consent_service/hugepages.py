@@ -38,6 +38,10 @@ _SMAPS = Path("/proc/self/smaps")
 
 @dataclass
 class CollapseReport:
+    """What one collapse did. `errors`: errno names by how many stretches failed with each
+    (EINVAL from every one: before Linux 6.1, or THP `never`); `supported`: False where
+    /proc/self/smaps or madvise could not be reached at all (not Linux)."""
+
     collapsed_bytes: int = 0
     failed_bytes: int = 0
     errors: dict[str, int] = field(default_factory=dict)
