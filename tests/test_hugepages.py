@@ -68,8 +68,10 @@ def test_collapse_moves_touched_anonymous_memory_onto_huge_pages_and_leaves_spar
     dense = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     sparse = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
-        # Adjacent anonymous mappings with the same flags are merged into one; a flag of no
-        # consequence here keeps the sparse one a mapping of its own.
+        # Adjacent anonymous mappings with the same flags are merged into one (with each other,
+        # or with a thread's mostly untouched stack); a flag of no consequence here, different
+        # for each, keeps each a mapping of its own.
+        dense.madvise(mmap.MADV_DONTDUMP)
         sparse.madvise(mmap.MADV_DONTFORK)
         dense.write(b"\x01" * size)  # touched, as a loaded replica's heap is
         sparse[0] = 1  # one page of 8,192 touched
