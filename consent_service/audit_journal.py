@@ -200,7 +200,7 @@ def _ingest_some(appender: Any, path: Path, *, max_rows: int) -> int:
                 data = f.read(_READ_BYTES)
         except FileNotFoundError:  # another ingester finished it
             return 0
-        lines = data[: data.rfind(b"\n") + 1].splitlines(keepends=True)[:max_rows]
+        lines = data.split(b"\n", max_rows)[:-1]  # whole records only: each was followed by a newline
         if not lines:
             if len(data) == _READ_BYTES:
                 raise JournalCorrupt(f"{path.name}: no record ends in {_READ_BYTES} bytes at {consumed}")
@@ -209,7 +209,7 @@ def _ingest_some(appender: Any, path: Path, *, max_rows: int) -> int:
         appender.insert(
             [(events, revision) for events, revision, _ in decoded], at=[at for *_, at in decoded]
         )
-        appender.db.execute(_MOVE_ON, (path.name, consumed + sum(len(line) for line in lines)))
+        appender.db.execute(_MOVE_ON, (path.name, consumed + sum(len(line) + 1 for line in lines)))
     return len(lines)
 
 
