@@ -60,11 +60,9 @@ class Settings(BaseSettings):
     # event loop's GIL, one per data_dir (housekeeping.py); "thread": in this process,
     # which costs no start-up (tests, embedding).
     housekeeping: Literal["process", "thread"] = "process"
-    # SQLite audit rows of consent checks. "journal": appended to a journal file that a child
-    # process moves into the table in bulk, within about 50 ms (audit_journal.py); "process":
-    # committed by a child process before the check answers (audit_process.py); "loop": on
-    # the event loop itself.
-    audit_writer: Literal["journal", "process", "loop"] = "journal"
+    # SQLite audit rows of consent checks. "process": committed by a child process the event
+    # loop feeds over a pipe (audit_process.py); "loop": on the event loop itself.
+    audit_writer: Literal["process", "loop"] = "process"
     # Checks waiting for their audit rows beyond this are refused at once (503 `overloaded`,
     # Retry-After): a bounded wait instead of a queue, and its memory, growing without end
     # when checks come faster than rows commit. On the slowest machine measured here, at
