@@ -10,6 +10,11 @@ run, the median p99, and the CPU of the server process and of each of its childr
 
     python bench/http_ab.py --base e5d56a6 --what "..." [--rate 1500] [--pairs 4] [--runs 3]
 
+`--this-env NAME=VALUE` (repeatable) sets the environment of this side's server only, so
+one commit can be compared with itself under another setting:
+
+    python bench/http_ab.py --base HEAD --this-env CONSENT_AUDIT_WRITER=journal --what "..."
+
 Each comparison is appended to bench/results/http_ab.json, with what it compared.
 """
 
@@ -55,12 +60,14 @@ def _prepare(code: Path, into: Path) -> SimpleNamespace:
     return data
 
 
-def _session(code: Path, built: Path, token: str, a: argparse.Namespace) -> tuple[list[dict], dict]:
+def _session(
+    code: Path, built: Path, token: str, env: dict[str, str], a: argparse.Namespace
+) -> tuple[list[dict], dict]:
     run = built.with_name(built.name + "-run")
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(built, run)
     port = free_port()
-    server = serve(f"sqlite:///{run}/http.db", port, str(run), cwd=code)
+    server = serve(f"sqlite:///{run}/http.db", port, str(run), env, cwd=code)
     try:
         load(port=port, token=token, bodies=run / "bodies.json", rate=a.rate, seconds=a.seconds, warmup=True)
         before, t0 = tree_cpu(server.pid), time.monotonic()
@@ -80,6 +87,13 @@ def _session(code: Path, built: Path, token: str, a: argparse.Namespace) -> tupl
     }
 
 
+def _setting(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--this-env wants NAME=VALUE, not {item!r}")
+    return name, value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="the commit to compare this checkout with")
@@ -89,13 +103,17 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="load-generator runs per session")
     ap.add_argument("--what", required=True, help="what the comparison is about, kept with its results")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "http_ab.json")
+    ap.add_argument(
+        "--this-env", action="append", default=[], metavar="NAME=VALUE", help="for this side's server only"
+    )
     a = ap.parse_args()
+    this_env = dict(_setting(item) for item in a.this_env)
     tmp = Path(tempfile.mkdtemp(prefix="consent-ab-"))
     base_code = tmp / "base-code"
     _git("worktree", "add", "--detach", str(base_code), a.base)
     sides = {
-        "base": {"commit": _git("rev-parse", "--short", a.base), "code": base_code},
-        "this": {"commit": _git("describe", "--always", "--dirty"), "code": ROOT},
+        "base": {"commit": _git("rev-parse", "--short", a.base), "code": base_code, "env": {}},
+        "this": {"commit": _git("describe", "--always", "--dirty"), "code": ROOT, "env": this_env},
     }
     try:
         for name, side in sides.items():
@@ -106,7 +124,7 @@ def main() -> None:
         for pair in range(a.pairs):
             for name in ("base", "this") if pair % 2 == 0 else ("this", "base"):
                 side = sides[name]
-                runs, cpu = _session(side["code"], side["built"], side["token"], a)
+                runs, cpu = _session(side["code"], side["built"], side["token"], side["env"], a)
                 side["runs"] += runs
                 side["cpu"].append(cpu)
                 print(name, [r["p99_ms"] for r in runs], cpu, flush=True)
@@ -127,6 +145,7 @@ def main() -> None:
         p99s = [r["p99_ms"] for r in side["runs"]]
         result[name] = {
             "commit": side["commit"],
+            "env": side["env"],
             "median_p99_ms": statistics.median(p99s),
             "median_p50_ms": statistics.median(r["p50_ms"] for r in side["runs"]),
             "p99_ms_sorted": sorted(p99s),

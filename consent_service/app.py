@@ -90,7 +90,7 @@ def build_runtime(settings: Settings) -> Runtime:
         audit=AuditWriter(
             engine,
             keys=keys,
-            offload=settings.audit_writer == "process",
+            offload=None if settings.audit_writer == "loop" else settings.audit_writer,
             max_pending=settings.audit_max_pending,
         ),
         log=build_log(settings, engine),

@@ -203,6 +203,19 @@ class PrincipalRef:
         )
 
 
+class AuditJournalProgress(SQLModel, table=True):
+    """How far each SQLite audit journal file has been ingested (consent_service/audit_journal.py).
+
+    Moved on in the transaction that inserts the rows, so a row is ingested exactly once
+    whichever ingester, and however many, got there first.
+    """
+
+    __tablename__ = "audit_journal"
+
+    name: str = Field(primary_key=True, max_length=128)
+    consumed: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 class LogCounter(SQLModel, table=True):
     """Next audit sequence number; reserved under a row lock in the writing transaction."""
 

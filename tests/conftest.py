@@ -35,6 +35,7 @@ TABLES = [
     "log_checkpoint",
     "log_node",
     "audit_event",
+    "audit_journal",
     "consent_change",
     "likeness_grant",
     "cameo_block",

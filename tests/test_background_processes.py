@@ -81,7 +81,7 @@ def _actors(engine) -> list[str]:
 
 def test_offloaded_writer_commits_every_row_before_answering(sqlite_url):
     engine = make_engine(sqlite_url)
-    writer = AuditWriter(engine, offload=True)
+    writer = AuditWriter(engine, offload="process")
     writer.start()
     answered: list[int] = []
 
@@ -114,7 +114,7 @@ def test_offloaded_writer_sends_batches_that_fit_a_pipe_buffer(sqlite_url):
     from consent_service.audit_process import MAX_BATCH_ROWS
 
     engine = make_engine(sqlite_url)
-    writer = AuditWriter(engine, keys=KEYS, offload=True)
+    writer = AuditWriter(engine, keys=KEYS, offload="process")
     writer.start()
     child = writer._child
     assert child is not None
@@ -156,7 +156,7 @@ def test_offloaded_writer_sends_batches_that_fit_a_pipe_buffer(sqlite_url):
 
 def test_offloaded_writer_fails_closed_when_its_process_dies_then_recovers(sqlite_url):
     engine = make_engine(sqlite_url)
-    writer = AuditWriter(engine, offload=True)
+    writer = AuditWriter(engine, offload="process")
     writer.start()
     asyncio.run(writer.append(_checks(1, prefix="before")[0], revision=1))
     child = writer._child
@@ -173,7 +173,7 @@ def test_offloaded_writer_fails_closed_when_its_process_dies_then_recovers(sqlit
 
 def test_offloaded_writer_reports_a_failed_commit(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path}/empty.db")  # no tables: every insert fails
-    writer = AuditWriter(engine, offload=True)
+    writer = AuditWriter(engine, offload="process")
     writer.start()
     with pytest.raises(AuditUnavailable):
         asyncio.run(writer.append(_checks(1)[0], revision=1))
@@ -186,7 +186,7 @@ WRITER_MODES = ["child", "loop", "thread"]
 def _writer(url: str, mode: str, **kw) -> AuditWriter:
     """The three places a commit runs: the appender child, the event loop, a thread (synchronous=FULL)."""
     engine = make_engine(url, sqlite_synchronous="FULL" if mode == "thread" else "NORMAL")
-    writer = AuditWriter(engine, offload=mode == "child", **kw)
+    writer = AuditWriter(engine, offload="process" if mode == "child" else None, **kw)
     assert (writer._child is not None, writer._inline) == {
         "child": (True, True),
         "loop": (False, True),
@@ -481,9 +481,11 @@ def test_the_housekeeper_deletes_verification_uploads_past_their_time(process_se
     engine.dispose()
 
 
-def test_the_default_process_layout_serves_checks_end_to_end(process_settings, sqlite_url):
-    """What `make run` starts: audit rows through the appender child, the log through the housekeeper."""
-    settings = process_settings
+@pytest.mark.parametrize("audit_writer", ["process", "journal"])
+def test_the_default_process_layout_serves_checks_end_to_end(process_settings, sqlite_url, audit_writer):
+    """What `make run` starts (audit rows through the appender child, or the journal when asked
+    for), the log through the housekeeper."""
+    settings = process_settings.model_copy(update={"audit_writer": audit_writer})
     admin_key = bootstrap_admin(sqlite_url)
     with TestClient(create_app(settings)) as client:
         api = Api(client=client, settings=settings, admin_key=admin_key, keys={"root": admin_key})
@@ -492,6 +494,10 @@ def test_the_default_process_layout_serves_checks_end_to_end(process_settings, s
         api.principal("fan")
         r = api.check("fan", ["owner"])
         assert r.status_code == 200 and r.json()["allowed"] and r.json()["receipt"]
+        api.principal("auditor", kind="auditor")
+        # Listed as soon as it is answered, though a journal's rows reach the table in bulk.
+        events = api.call("GET", "/v1/audit/events", "auditor", params={"action": "consent.check"}).json()
+        assert [e["reason"] for e in events["events"]] == ["audience_everyone"]
         log = client.app.state.runtime.log  # type: ignore[attr-defined]
         assert log._thread is None  # this process does not integrate
         deadline = time.monotonic() + 60

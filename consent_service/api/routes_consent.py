@@ -110,6 +110,7 @@ def audit_events(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditPagePublic:
     """Audit events, filtered by cameo, actor, action, decision and time, in pages."""
+    runtime.audit.flush()  # every check answered so far is listed
     page = audit_read.list_events(
         session,
         cameo_handle=cameo,

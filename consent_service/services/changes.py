@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, select, text
@@ -50,13 +53,20 @@ def write_event_groups(session: Session | Connection, groups: list[tuple[list[Ev
     session.execute(AUDIT_TABLE.insert(), audit_rows(groups, seq=seq, at=utcnow()))
 
 
-def audit_rows(groups: list[tuple[list[Event], int | None]], *, seq: int, at: Any) -> list[dict[str, Any]]:
-    """The audit_event rows for these groups, numbered from `seq`, each with its canonical entry."""
+def audit_rows(
+    groups: list[tuple[list[Event], int | None]], *, seq: int, at: datetime | Sequence[datetime]
+) -> list[dict[str, Any]]:
+    """The audit_event rows for these groups, numbered from `seq`, each with its canonical entry.
+
+    `at`: one time for every group, or one per group (rows from the audit journal keep the
+    time of their decision, not of their commit).
+    """
+    times = [at] * len(groups) if isinstance(at, datetime) else at
     rows = []
-    for events, revision in groups:
+    for (events, revision), when in zip(groups, times, strict=True):
         for e in events:
             fields: dict[str, Any] = {
-                "at": at,
+                "at": when,
                 "actor_id": e.actor_id,
                 "subject_id": e.subject_id,
                 "action": e.action,
@@ -105,11 +115,21 @@ class SqliteAuditAppender:
         self._names = tuple(c.name for c in columns)
         self._binds = [c.type.dialect_impl(dialect).bind_processor(dialect) or _same for c in columns]
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The raw connection, for a caller's own statements inside `transaction()`."""
+        return self._db
+
     def write(self, groups: list[tuple[list[Event], int | None]]) -> None:
         """Commit the groups' rows in one transaction, or roll back and raise."""
-        count = sum(len(events) for events, _ in groups)
-        if count == 0:
+        if sum(len(events) for events, _ in groups) == 0:
             return
+        with self.transaction():
+            self.insert(groups, at=utcnow())
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; WriterBusy if the lock is held."""
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -118,18 +138,27 @@ class SqliteAuditAppender:
                 raise WriterBusy("another connection holds the SQLite write lock") from exc
             raise
         try:
-            end = db.execute(_BUMP_SQL, (count,)).fetchone()[0]
-            bound = [
-                [bind(row[name]) for name, bind in zip(self._names, self._binds, strict=True)]
-                for row in audit_rows(groups, seq=end - count, at=utcnow())
-            ]
-            for sql, params in multi_row_inserts(table=AUDIT_TABLE, columns=self._names, rows=bound):
-                db.execute(sql, params)
+            yield
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def insert(
+        self, groups: list[tuple[list[Event], int | None]], *, at: datetime | Sequence[datetime]
+    ) -> None:
+        """The groups' rows, numbered on from the log counter, inside `transaction()`."""
+        count = sum(len(events) for events, _ in groups)
+        if count == 0:
+            return
+        end = self._db.execute(_BUMP_SQL, (count,)).fetchone()[0]
+        bound = [
+            [bind(row[name]) for name, bind in zip(self._names, self._binds, strict=True)]
+            for row in audit_rows(groups, seq=end - count, at=at)
+        ]
+        for sql, params in multi_row_inserts(table=AUDIT_TABLE, columns=self._names, rows=bound):
+            self._db.execute(sql, params)
 
     def close(self) -> None:
         # Back to the pool as it came.
