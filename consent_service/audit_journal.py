@@ -67,6 +67,7 @@ MAX_LAG_SECONDS = 30.0
 MAX_INGEST_ROWS = 500
 _READ_BYTES = 1 << 18
 _BUSY_RETRY_SECONDS = 0.001
+_FAILED_RETRY_SECONDS = 1.0
 _LIVENESS_SECONDS = 1.0
 
 _CONSUMED = "SELECT consumed FROM audit_journal WHERE name = ?"
@@ -343,6 +344,7 @@ def run(*, url: str, directory: Path, interval: float, through: Any, conn: Any, 
     try:
         while True:
             started = time.monotonic()
+            wait = interval
             try:
                 ingest(appender, directory)
                 through.value = started
@@ -350,7 +352,10 @@ def run(*, url: str, directory: Path, interval: float, through: Any, conn: Any, 
                 time.sleep(_BUSY_RETRY_SECONDS)
                 continue
             except Exception:
-                log.exception("audit journal ingestion failed; trying again")
+                # Whatever broke (a corrupt journal, a database gone) stays broken for a while:
+                # one log line a second, not twenty. Checks are refused once rows lag MAX_LAG_SECONDS.
+                log.exception("audit journal ingestion failed; trying again in %g s", _FAILED_RETRY_SECONDS)
+                wait = _FAILED_RETRY_SECONDS
                 if stopping:
                     return
             if stopping:
@@ -359,7 +364,7 @@ def run(*, url: str, directory: Path, interval: float, through: Any, conn: Any, 
                 stopping = True
                 continue
             try:
-                if conn.poll(interval):
+                if conn.poll(wait):
                     while conn.poll(0):
                         stopping = stopping or conn.recv_bytes() == b""
             except (EOFError, OSError):

@@ -6,7 +6,8 @@ Create Date: 2026-12-01 08:00:00.000000
 
 On SQLite a consent check's audit rows go to a journal file first and reach
 audit_event in bulk (consent_service/audit_journal.py); this table records, in the
-same transaction as the rows, how much of each file is in.
+same transaction as the rows, how much of each file is in. Stop the service before
+downgrading: a clean stop takes every journal in.
 """
 
 import sqlalchemy as sa
