@@ -53,7 +53,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from consent_service.services.changes import Event
+from consent_service.services.changes import Event, WriterBusy
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,7 @@ def ingest(appender: Any, directory: Path, *, max_rows: int = MAX_INGEST_ROWS) -
             moved += rows
         if final:
             _finish(appender, path)
+    forget_finished(appender, directory)
     return moved
 
 
@@ -219,7 +220,9 @@ def _ingest_some(appender: Any, path: Path, *, max_rows: int) -> int:
 
 
 def _finish(appender: Any, path: Path) -> None:
-    """Delete a final file all of whose whole records are in, then its progress row."""
+    """Delete a final file all of whose whole records are in (its progress row goes after it,
+    in forget_finished: a row outliving its file is harmless, a file outliving its row is
+    read again from the start)."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -235,19 +238,19 @@ def _finish(appender: Any, path: Path) -> None:
             )
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-    # Only now: a progress row outliving its file is harmless, a file outliving its row is read again.
-    with appender.transaction():
-        appender.db.execute(_FORGET, (path.name,))
 
 
 def forget_finished(appender: Any, directory: Path) -> None:
-    """Drop progress rows whose file is gone (an ingester that died between the two steps of
-    `_finish`). Names are never reused, so a missing file was finished, never yet to come."""
-    with contextlib.suppress(Exception), appender.transaction():
-        names = [name for (name,) in appender.db.execute("SELECT name FROM audit_journal")]
-        for name in names:
-            if not (directory / name).exists():
-                appender.db.execute(_FORGET, (name,))
+    """Drop the progress rows of files that are gone. A row is only made by ingesting its file,
+    which then exists, and names are never reused: a missing file was finished, never yet to
+    come. Left for the next pass while another connection holds the write lock."""
+    names = [name for (name,) in appender.db.execute("SELECT name FROM audit_journal")]
+    gone = [name for name in names if not (directory / name).exists()]
+    if not gone:
+        return
+    with contextlib.suppress(WriterBusy), appender.transaction():
+        for name in gone:
+            appender.db.execute(_FORGET, (name,))
 
 
 class JournalIngester:
@@ -332,7 +335,7 @@ class JournalIngester:
 def run(*, url: str, directory: Path, interval: float, through: Any, conn: Any, parent: int) -> None:
     """The child: a pass every `interval` or when woken, a last one when told to stop."""
     from consent_service.db import make_engine
-    from consent_service.services.changes import SqliteAuditAppender, WriterBusy
+    from consent_service.services.changes import SqliteAuditAppender
 
     logging.basicConfig(level=logging.WARNING)
     engine = make_engine(url, sqlite_synchronous="NORMAL")
