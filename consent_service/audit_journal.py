@@ -53,6 +53,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from consent_service.audit_process import spawn_with_pipe
 from consent_service.services.changes import Event, WriterBusy
 
 log = logging.getLogger(__name__)
@@ -277,23 +278,15 @@ class JournalIngester:
         return float(self._through.value)
 
     def start(self) -> None:
-        parent, child = self._ctx.Pipe(duplex=True)
-        self._process = self._ctx.Process(
+        self._process, self._conn = spawn_with_pipe(
+            self._ctx,
             target=run,
-            kwargs={
-                "url": self._url,
-                "directory": self._directory,
-                "interval": self._interval,
-                "through": self._through,
-                "conn": child,
-                "parent": os.getpid(),
-            },
             name="consent-audit-ingester",
-            daemon=True,
+            url=self._url,
+            directory=self._directory,
+            interval=self._interval,
+            through=self._through,
         )
-        self._process.start()
-        child.close()
-        self._conn = parent
         self._next_liveness = time.monotonic() + _LIVENESS_SECONDS
 
     def keep_alive(self, now: float) -> None:

@@ -92,22 +92,14 @@ class AppenderProcess:
         return None if self._process is None else self._process.pid
 
     def start(self) -> None:
-        parent, child = self._ctx.Pipe(duplex=True)
-        self._process = self._ctx.Process(
+        self._process, self._conn = spawn_with_pipe(
+            self._ctx,
             target=run,
-            kwargs={
-                "url": self._url,
-                "sqlite_synchronous": self._sync,
-                "receipt_key": self._receipt_key,
-                "conn": child,
-                "parent": os.getpid(),
-            },
             name="consent-audit-appender",
-            daemon=True,
+            url=self._url,
+            sqlite_synchronous=self._sync,
+            receipt_key=self._receipt_key,
         )
-        self._process.start()
-        child.close()
-        self._conn = parent
 
     def send(
         self, requests: Requests, *, loop: asyncio.AbstractEventLoop, on_done: Callable[[Answer], None]
@@ -179,6 +171,18 @@ class AppenderProcess:
             if self._process is not None:
                 self._process.join(timeout=10)
         self._close()
+
+
+def spawn_with_pipe(ctx: Any, *, target: Callable[..., None], name: str, **kwargs: Any) -> tuple[Any, Any]:
+    """A daemon child running `target(**kwargs, conn=its end of a pipe, parent=this pid)`:
+    the process, and this end of the pipe."""
+    parent, child = ctx.Pipe(duplex=True)
+    process = ctx.Process(
+        target=target, kwargs={**kwargs, "conn": child, "parent": os.getpid()}, name=name, daemon=True
+    )
+    process.start()
+    child.close()
+    return process, parent
 
 
 def answer(conn: Any, message: Answer) -> None:
