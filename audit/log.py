@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, text
@@ -38,6 +37,7 @@ from consent_service.db import (
     hold_here,
     insert_values,
     make_engine,
+    sqlite_database_file,
     write_connection,
     write_transaction,
 )
@@ -88,10 +88,9 @@ def _fetch(session: Session, coords: set[tree.Coord]) -> dict[tree.Coord, bytes]
 
 def tree_engine_for(engine: Engine) -> Engine:
     """Where the tree's nodes live: a SQLite file beside a SQLite database, else the database itself."""
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+    path = sqlite_database_file(engine)
+    if path is None:
         return engine
-    path = Path(database)
     nodes = make_engine(
         f"sqlite:///{path.with_name(f'{path.stem}.tree{path.suffix}').as_posix()}",
         autocheckpoint_pages=_TREE_AUTOCHECKPOINT_PAGES,

@@ -56,6 +56,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from consent_service.audit_process import spawn_with_pipe
+from consent_service.db import sqlite_database_file
 from consent_service.services.changes import Event, WriterBusy
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,8 @@ class JournalCorrupt(Exception):
 
 def journal_dir(engine: Engine) -> Path | None:
     """Where a SQLite database's journal files live (beside it), or None for other databases."""
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
-        return None
-    path = Path(database)
-    return path.with_name(f"{path.stem}.audit-journal")
+    path = sqlite_database_file(engine)
+    return None if path is None else path.with_name(f"{path.stem}.audit-journal")
 
 
 def encode(events: list[Event], *, revision: int | None, at: float) -> bytes:
@@ -229,19 +227,16 @@ def _finish(appender: Any, path: Path) -> None:
     read again from the start)."""
     try:
         size = path.stat().st_size
-    except FileNotFoundError:
-        size = None
-    if size is not None:
-        found = appender.db.execute(_CONSUMED, (path.name,)).fetchone()
-        left = size - (found[0] if found else 0)
-        if left:
-            log.warning(
-                "%s: %d bytes after its last whole record dropped (its writer died in a write)",
-                path.name,
-                left,
-            )
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    except FileNotFoundError:  # another ingester finished it
+        return
+    found = appender.db.execute(_CONSUMED, (path.name,)).fetchone()
+    left = size - (found[0] if found else 0)
+    if left:
+        log.warning(
+            "%s: %d bytes after its last whole record dropped (its writer died in a write)", path.name, left
+        )
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def forget_finished(appender: Any, directory: Path) -> None:

@@ -332,6 +332,14 @@ def migrate(url: str) -> None:
         command.upgrade(alembic_config(url), "head")
 
 
+def sqlite_database_file(engine: Engine) -> Path | None:
+    """The file of a SQLite engine's database; None for an in-memory one or another database."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database)
+
+
 def _sqlite_file(url: str) -> Path | None:
     """The file of a SQLite URL, its folder created; None for an in-memory database."""
     path = url.split("///", 1)[-1]
