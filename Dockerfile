@@ -32,7 +32,7 @@ RUN python3.11 -m venv /opt/venv \
 ENV PATH=/opt/venv/bin:$PATH CONSENT_DATA_DIR=/srv/var PYTHONUNBUFFERED=1
 WORKDIR /srv
 USER consent
-CMD ["sh", "-c", "consent-admin migrate && uvicorn consent_service.app:create_app --factory --host 0.0.0.0 --port 8000"]
+CMD ["sh", "-c", "consent-admin migrate && consent-serve --host 0.0.0.0 --port 8000 --no-access-log"]
 
 # Last stage, so a plain `docker build` gives the CPU image.
 FROM python:3.11-slim AS cpu
@@ -42,4 +42,4 @@ ENV PATH=/opt/venv/bin:$PATH CONSENT_DATA_DIR=/srv/var PYTHONUNBUFFERED=1
 WORKDIR /srv
 USER consent
 EXPOSE 8000
-CMD ["sh", "-c", "consent-admin migrate && uvicorn consent_service.app:create_app --factory --host 0.0.0.0 --port 8000"]
+CMD ["sh", "-c", "consent-admin migrate && consent-serve --host 0.0.0.0 --port 8000 --no-access-log"]

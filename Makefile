@@ -24,7 +24,7 @@ migrate: $(STAMP)
 	$(BIN)/consent-admin migrate
 
 run: migrate
-	$(BIN)/uvicorn consent_service.app:create_app --factory --host $(HOST) --port $(PORT)
+	$(BIN)/consent-serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

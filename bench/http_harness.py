@@ -34,6 +34,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SERVICE = ("consent_service.app:create_app", "--factory")
+
+
 def serve(
     url: str,
     port: int,
@@ -41,16 +44,19 @@ def serve(
     extra_env: dict | None = None,
     *,
     cwd: Path = ROOT,
-    app: tuple[str, ...] = ("consent_service.app:create_app", "--factory"),
+    app: tuple[str, ...] = SERVICE,
 ) -> subprocess.Popen:
-    """uvicorn on the code in `cwd` (another checkout's, for bench/http_ab.py)."""
+    """uvicorn on the code in `cwd` (another checkout's, for bench/http_ab.py): the service as
+    `consent-serve` starts it, where that code has it; another app (the floor) on plain uvicorn."""
     env = {**os.environ, "CONSENT_DATABASE_URL": url, "CONSENT_DATA_DIR": data_dir, **(extra_env or {})}
+    served = ["uvicorn", *app]
+    if app == SERVICE and (cwd / "consent_service" / "serve.py").exists():
+        served = ["consent_service.serve"]
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "uvicorn",
-            *app,
+            *served,
             "--host",
             "127.0.0.1",
             "--port",
@@ -306,7 +312,8 @@ def http_load(
     return {
         "grants": 100_000,
         "database": "sqlite",
-        "server": "uvicorn, 1 process, the default settings: checks on the hot path; audit rows committed "
+        "server": "consent-serve (uvicorn, 1 process, no access log), the default settings: checks answered "
+        "by its protocol (api/check_protocol.py) on the hot path; audit rows committed "
         "by the appender child process; log integration and WAL checkpoints in the housekeeper process",
         "seconds_per_rate": seconds,
         "repeats": repeats,

@@ -242,16 +242,12 @@ def _same_shape(response):
     return response.status_code, response.headers["content-type"], body
 
 
-def test_hot_path_answers_exactly_like_the_framework_route(api):
-    """Every kind of check, good and bad, gets the same answer with the hot path on and off."""
-    from fastapi.testclient import TestClient
-
-    from consent_service.app import create_app
-
+def parity_cases(api):
+    """Checks of every kind, good and bad, as (headers, body, query): a dict body goes as JSON."""
     _granted(api)
     api.user_with_cameo("dora")
     plat, bob = api.auth("plat"), api.auth("bob")
-    json_ct = {"Content-Type": "application/json"}
+    good = {"actor_handle": "bob", "cameo_handles": ["alice"]}
     cases = [
         (plat, {"actor_handle": "bob", "cameo_handles": ["@alice", "carol"], "prompt": "@alice waves"}),
         (plat, {"actor_handle": "bob", "cameo_handles": ["alice", "dora"], "purpose": "remix"}),
@@ -271,64 +267,78 @@ def test_hot_path_answers_exactly_like_the_framework_route(api):
         (plat, ["bob", ["alice"]]),
         (plat, b"{not json"),
         (plat, b""),
-        (bob, {"actor_handle": "bob", "cameo_handles": ["alice"]}),
-        ({}, {"actor_handle": "bob", "cameo_handles": ["alice"]}),
-        ({"Authorization": "Bearer csk_nope_nope"}, {"actor_handle": "bob", "cameo_handles": ["alice"]}),
-        ([*bob.items(), *plat.items()], {"actor_handle": "bob", "cameo_handles": ["alice"]}),
+        (bob, good),
+        ({}, good),
+        ({"Authorization": "Bearer csk_nope_nope"}, good),
+        ([*bob.items(), *plat.items()], good),
         # The body limit comes first on both paths, ahead of authentication.
         ({}, b'{"actor_handle": "' + b"x" * 70_000 + b'"}'),
         (plat, b'{"actor_handle": "bob", "cameo_handles": ["alice"], "prompt": "a\\u0000b"}'),
         (plat, b'{"actor_handle": "bob", "cameo_handles": ["alice"], "prompt": "a\\\\u0000b"}'),
         ({**plat, "Content-Type": "text/plain"}, b'{"actor_handle": "bob", "cameo_handles": ["alice"]}'),
+        ({}, {"actor_handle": "bob", "cameo_handles": ["alice"], "surprise": 1}),
     ]
-    with_query = [("?x=%00", {}), ("?x=1", plat)]
+    with_query = [({}, good, "?x=%00"), (plat, good, "?x=1")]
+    return [(headers, body, "") for headers, body in cases] + with_query
 
-    def answers(client):
-        out = []
-        for headers, body in cases:
-            if isinstance(body, bytes):
-                r = client.post("/v1/consent/checks", content=body, headers={**json_ct, **dict(headers)})
-            else:
-                r = client.post("/v1/consent/checks", json=body, headers=headers)
-            out.append(_same_shape(r))
-        for query, headers in with_query:
-            body = {"actor_handle": "bob", "cameo_handles": ["alice"]}
-            out.append(_same_shape(client.post("/v1/consent/checks" + query, json=body, headers=headers)))
-        return out
 
-    hot = answers(api.client)
+PARITY_STATUSES = [
+    200,
+    200,
+    404,
+    422,
+    422,
+    422,
+    422,
+    422,
+    409,
+    422,
+    422,
+    200,
+    422,
+    422,
+    422,
+    422,
+    422,
+    422,
+    403,
+    401,
+    401,
+    403,  # two Authorization headers: the first (bob's) counts, on both paths
+    413,
+    422,  # a NUL
+    200,  # an escaped backslash, then the text "u0000": no NUL
+    422,
+    401,  # not a valid check, and no key: authentication first, on every path
+    422,
+    200,
+]
+
+
+def parity_answers(client, cases):
+    out = []
+    for headers, body, query in cases:
+        url = "/v1/consent/checks" + query
+        if isinstance(body, bytes):
+            json_ct = {"Content-Type": "application/json"}
+            r = client.post(url, content=body, headers={**json_ct, **dict(headers)})
+        else:
+            r = client.post(url, json=body, headers=headers)
+        out.append(_same_shape(r))
+    return out
+
+
+def test_hot_path_answers_exactly_like_the_framework_route(api):
+    """Every kind of check, good and bad, gets the same answer with the hot path on and off."""
+    from fastapi.testclient import TestClient
+
+    from consent_service.app import create_app
+
+    cases = parity_cases(api)
+    hot = parity_answers(api.client, cases)
     with TestClient(create_app(api.settings.model_copy(update={"check_hot_path": False}))) as plain:
-        assert answers(plain) == hot
-    assert [status for status, _, _ in hot] == [
-        200,
-        200,
-        404,
-        422,
-        422,
-        422,
-        422,
-        422,
-        409,
-        422,
-        422,
-        200,
-        422,
-        422,
-        422,
-        422,
-        422,
-        422,
-        403,
-        401,
-        401,
-        403,  # two Authorization headers: the first (bob's) counts, on both paths
-        413,
-        422,  # a NUL
-        200,  # an escaped backslash, then the text "u0000": no NUL
-        422,
-        422,
-        200,
-    ]
+        assert parity_answers(plain, cases) == hot
+    assert [status for status, _, _ in hot] == PARITY_STATUSES
 
 
 def test_fastapi_telemetry_runs_only_when_the_setting_asks(settings, monkeypatch):

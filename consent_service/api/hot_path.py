@@ -20,10 +20,12 @@ compares the two.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
 from pydantic import ValidationError
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from consent_service.api.deps import Runtime, authenticate, authorize
@@ -35,6 +37,8 @@ from consent_service.schemas import ConsentCheckRequest
 
 PATH = "/v1/consent/checks"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+# An answer as it goes on the wire: status, headers, body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 class ConsentServiceApp(FastAPI):
@@ -69,43 +73,67 @@ class ConsentCheckHotPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(reversed(scope["headers"]))  # a repeated header: the first wins, as in Starlette
-        if not headers.get(b"content-type", b"application/json").startswith(b"application/json"):
+        if not json_body(headers):
             await FastAPI.__call__(self.app, scope, receive, send)
             return
         try:
             # The body limit first, as the body limit middleware refuses ahead of everything.
             body = await read_body(scope, receive, max_bytes=self.max_bytes, headers=headers)
-            if body is None:
-                return  # the client went away
-            runtime: Runtime = self.app.state.runtime
-            caller = await authenticate(runtime, headers.get(b"authorization", b"").decode("latin-1"))
-            authorize(runtime, caller, obj="consent_check", act="create")
-            try:
-                request = ConsentCheckRequest.model_validate_json(body)
-            except ValidationError:
-                result = None
-            else:
-                result = await consent_check(request, runtime, caller)
         except DomainError as exc:
             await domain_error_response(exc)(scope, receive, send)
             return
         except Exception as exc:
             await unexpected_error_response(exc)(scope, receive, send)
             return
-        if result is None:
+        if body is None:
+            return  # the client went away
+        answer = await self.answer(headers, parse_check(body))
+        if answer is None:
             # A bad body is rare: FastAPI words the 422 exactly as on every other route. Outside
-            # the mapping above: its stack answers its own errors (and re-raises them once sent).
+            # the mapping in `answer`: its stack answers its own errors (and re-raises them once sent).
             await FastAPI.__call__(self.app, scope, _replay(body), send)
             return
-        payload = result.__pydantic_serializer__.to_json(result)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-length", str(len(payload)).encode()), *_JSON_HEADERS],
-            }
-        )
+        status, raw_headers, payload = answer
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": payload})
+
+    async def answer(
+        self, headers: Mapping[bytes, bytes], request: ConsentCheckRequest | None
+    ) -> Answer | None:
+        """The answer to a check whose body was within the limit, `request` being that body
+        parsed (`parse_check`). None where it was not a valid check and the caller may make
+        one: the framework words that 422, as on every other route."""
+        try:
+            runtime: Runtime = self.app.state.runtime
+            caller = await authenticate(runtime, headers.get(b"authorization", b"").decode("latin-1"))
+            authorize(runtime, caller, obj="consent_check", act="create")
+            if request is None:
+                return None
+            result = await consent_check(request, runtime, caller)
+        except DomainError as exc:
+            return _parts(domain_error_response(exc))
+        except Exception as exc:
+            return _parts(unexpected_error_response(exc))
+        payload = result.__pydantic_serializer__.to_json(result)
+        return 200, [(b"content-length", str(len(payload)).encode()), *_JSON_HEADERS], payload
+
+
+def parse_check(body: bytes) -> ConsentCheckRequest | None:
+    """The body as a check; None if it is not one."""
+    try:
+        return ConsentCheckRequest.model_validate_json(body)
+    except ValidationError:
+        return None
+
+
+def json_body(headers: Mapping[bytes, bytes]) -> bool:
+    """Whether the body is JSON as far as the hot path goes: a check sent as anything else gets
+    the framework's own answer."""
+    return headers.get(b"content-type", b"application/json").startswith(b"application/json")
+
+
+def _parts(response: Response) -> Answer:
+    return response.status_code, response.raw_headers, bytes(response.body)
 
 
 def _replay(body: bytes) -> Any:
