@@ -313,11 +313,12 @@ def http_load(
         "grants": 100_000,
         "database": "sqlite",
         "server": "consent-serve (uvicorn, 1 process, no access log), the default settings: checks answered "
-        "by its protocol (api/check_protocol.py) on the hot path; audit rows committed "
-        "by the appender child process; log integration and WAL checkpoints in the housekeeper process",
+        "by its protocol (api/check_protocol.py) on the hot path; audit rows written to the audit "
+        "journal on the event loop and taken into the table by the ingester child; log integration "
+        "and WAL checkpoints in the housekeeper process",
         "seconds_per_rate": seconds,
         "repeats": repeats,
-        "each_check": "1 cameo, audit row committed, Ed25519 receipt signed",
+        "each_check": "1 cameo, audit row journaled, Ed25519 receipt signed",
         "median_by_p99": [median_by_p99([r for r in runs if r["target_rps"] == rate]) for rate in rates],
         "runs": runs,
         "machine_state": {"before": before, "after": machine_state(tmp)},

@@ -60,13 +60,14 @@ class Settings(BaseSettings):
     # event loop's GIL, one per data_dir (housekeeping.py); "thread": in this process,
     # which costs no start-up (tests, embedding).
     housekeeping: Literal["process", "thread"] = "process"
-    # SQLite audit rows of consent checks. "process": committed by a child process before the
-    # check answers (audit_process.py); "journal": appended to a journal file on the event loop,
-    # which also signs the receipt, and moved into the table in bulk by a child within about
-    # 50 ms (audit_journal.py: a fifth less CPU a check, better p99 where other work competes
-    # for the CPU, worse where the event loop is the bottleneck); "loop": committed on the
-    # event loop itself.
-    audit_writer: Literal["process", "journal", "loop"] = "process"
+    # SQLite audit rows of consent checks. "journal": appended to a journal file on the event
+    # loop, which also signs the receipt, and moved into the table in bulk by a child within
+    # about 50 ms (audit_journal.py: with checks answered by consent-serve's protocol, about 30%
+    # less CPU a check than "process" and p99 as good or better at 1,500 and 2,500 checks/s and
+    # beside a busy neighbour, bench/HTTP_LOG.md, fifteenth sitting); "process": committed by a
+    # child process before the check answers (audit_process.py); "loop": committed on the event
+    # loop itself.
+    audit_writer: Literal["process", "journal", "loop"] = "journal"
     # Checks waiting for their audit rows beyond this are refused at once (503 `overloaded`,
     # Retry-After): a bounded wait instead of a queue, and its memory, growing without end
     # when checks come faster than rows commit. On the slowest machine measured here, at
