@@ -16,7 +16,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="consent-serve", description=__doc__)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="uvicorn worker processes (default: $WEB_CONCURRENCY or 1)"
+    )
     ap.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     ap.add_argument("--no-access-log", action="store_true", help="no access log line per request")
     args = ap.parse_args(argv)

@@ -220,11 +220,11 @@ def test_consent_serve_runs_uvicorn_with_the_protocol(monkeypatch):
 
     started: list[dict] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append({"app": app, **kw}))
-    serve.main(["--port", "8123", "--no-access-log"])
+    serve.main(["--port", "8123", "--no-access-log", "--workers", "2"])
     serve.main([])
-    assert [(s["http"], s["port"], s["access_log"]) for s in started] == [
-        (CheckProtocol, 8123, False),
-        (CheckProtocol, 8000, True),
+    assert [(s["http"], s["port"], s["access_log"], s["workers"]) for s in started] == [
+        (CheckProtocol, 8123, False, 2),
+        (CheckProtocol, 8000, True, None),  # None: uvicorn reads $WEB_CONCURRENCY, as its own CLI does
     ]
     assert started[0]["app"] == "consent_service.app:create_app" and started[0]["factory"]
 
