@@ -63,13 +63,12 @@ def counted(monkeypatch) -> list[int]:
     return answered
 
 
-def _sqlite_only(api) -> None:
-    if not api.settings.resolved_database_url.startswith("sqlite"):
-        pytest.skip("the protocol never touches the database: one backend is enough")
+# The protocol never touches the database: one backend is enough.
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
+@sqlite_only
 def test_the_protocol_answers_every_check_as_the_whole_app_does(api, counted):
-    _sqlite_only(api)
     cases = parity_cases(api)
     in_process = parity_answers(api.client, cases)
     with serving(api.settings, CheckProtocol) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
@@ -153,9 +152,9 @@ def _wire_cases(token: str) -> list[tuple[bytes, int]]:
     ]
 
 
+@sqlite_only
 def test_on_the_wire_the_protocol_answers_as_plain_uvicorn_does(api, counted):
     """Status, headers in order, and body: the same as uvicorn's own path, pipelining included."""
-    _sqlite_only(api)
     _granted(api)
     token = api.keys["plat"]
     cases = _wire_cases(token)
@@ -181,8 +180,8 @@ def test_on_the_wire_the_protocol_answers_as_plain_uvicorn_does(api, counted):
     assert len(counted) == 4
 
 
+@sqlite_only
 def test_the_connection_closes_after_an_answer_when_the_client_asks(api):
-    _sqlite_only(api)
     _granted(api)
     with (
         serving(api.settings, CheckProtocol) as port,
@@ -195,8 +194,8 @@ def test_the_connection_closes_after_an_answer_when_the_client_asks(api):
     assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nconnection: close\r\n" in data
 
 
+@sqlite_only
 def test_a_client_gone_mid_check_leaves_the_server_serving(api, counted):
-    _sqlite_only(api)
     _granted(api)
     with serving(api.settings, CheckProtocol) as port:
         for _ in range(20):
@@ -206,9 +205,9 @@ def test_a_client_gone_mid_check_leaves_the_server_serving(api, counted):
     assert status == 200 and counted
 
 
+@sqlite_only
 def test_with_the_access_log_on_every_request_takes_uvicorns_path(api, counted):
     """An access log line needs the ASGI request: the protocol steps aside."""
-    _sqlite_only(api)
     _granted(api)
     with serving(api.settings, CheckProtocol, access_log=True) as port:
         [(status, _, _)] = _exchange(port, _post(api.keys["plat"], CHECK), 1)
@@ -229,9 +228,9 @@ def test_consent_serve_runs_uvicorn_with_the_protocol(monkeypatch):
     assert started[0]["app"] == "consent_service.app:create_app" and started[0]["factory"]
 
 
+@sqlite_only
 def test_consent_serve_serves_checks(api):
     """The real entry point, in its own process, on the test's database and keys."""
-    _sqlite_only(api)
     _granted(api)
     port = _free_port()
     env = {
