@@ -1,18 +1,19 @@
 """SQLite audit rows of consent checks through a journal file, ingested into audit_event in bulk.
 
-Opt-in (CONSENT_AUDIT_WRITER=journal). A consent check answers only once its audit
-record is durable. With the default appender child (audit_process.py) that means a
-commit of one to three rows per batch: a pipe wake-up of the child and one back for
-every batch, and about ten 2 KB WAL frames a row (the table, its indexes, the counter,
-the header). At 1,500 checks/s the child took 0.29-0.33 of a core and the housekeeper
-0.05, beside the event loop's 0.36-0.40 (bench/HTTP_LOG.md, fourteenth sitting).
+The default on SQLite (CONSENT_AUDIT_WRITER=journal). A consent check answers only
+once its audit record is durable. With the appender child (audit_process.py,
+CONSENT_AUDIT_WRITER=process) that means a commit of one to three rows per batch: a
+pipe wake-up of the child and one back for every batch, and about ten 2 KB WAL frames
+a row (the table, its indexes, the counter, the header). At 1,500 checks/s the child
+took 0.29-0.33 of a core and the housekeeper 0.05, beside the event loop's 0.36-0.40
+(bench/HTTP_LOG.md, fourteenth sitting).
 
-With the journal the service used a fifth less CPU per check and p50 fell by a third,
-and p99 was better beside a neighbour taking 0.8 of a core; but the event loop signs
-the receipts (40-86 µs each), so where the loop is the bottleneck p99 was worse (6.5
-against 5.1 ms at 2,500/s). And a grant or revocation may wait behind an ingest's
-transaction (about 3.5 ms at 1,500 checks/s) instead of a batch of one to three rows.
-Hence not the default.
+Here the event loop signs the receipts (40-86 µs each), which in the fourteenth sitting
+made p99 worse where the loop was the bottleneck. Once consent-serve's protocol took
+uvicorn's ASGI work off the loop (api/check_protocol.py), the journal won or tied every
+comparison, with about 30% less CPU per check in all (fifteenth sitting). A grant or
+revocation may wait behind an ingest's transaction (about 3.5 ms at 1,500 checks/s)
+instead of a batch of one to three rows.
 
 Here the event loop appends each check's rows to a journal file, one JSON line a
 row, in one write(2), and signs the receipt itself; a child process moves the
@@ -89,7 +90,7 @@ class JournalCorrupt(Exception):
 
 def journal_dir(engine: Engine) -> Path | None:
     """Where a SQLite database's journal files live (beside it), or None for other databases."""
-    path = sqlite_database_file(engine)
+    path = sqlite_database_file(engine.url)
     return None if path is None else path.with_name(f"{path.stem}.audit-journal")
 
 
