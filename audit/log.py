@@ -88,7 +88,7 @@ def _fetch(session: Session, coords: set[tree.Coord]) -> dict[tree.Coord, bytes]
 
 def tree_engine_for(engine: Engine) -> Engine:
     """Where the tree's nodes live: a SQLite file beside a SQLite database, else the database itself."""
-    path = sqlite_database_file(engine)
+    path = sqlite_database_file(engine.url)
     if path is None:
         return engine
     nodes = make_engine(

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, event, text
+from sqlalchemy import URL, Connection, Engine, Table, event, make_url, text
 from sqlmodel import Session, create_engine
 
 from consent_service.periodic import Periodic
@@ -332,21 +332,22 @@ def migrate(url: str) -> None:
         command.upgrade(alembic_config(url), "head")
 
 
-def sqlite_database_file(engine: Engine) -> Path | None:
-    """The file of a SQLite engine's database; None for an in-memory one or another database."""
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+def sqlite_database_file(url: str | URL) -> Path | None:
+    """The file of a SQLite database (an engine's `.url`, or a URL string); None for an
+    in-memory one or another database."""
+    url = make_url(url)
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
         return None
     return Path(database)
 
 
 def _sqlite_file(url: str) -> Path | None:
     """The file of a SQLite URL, its folder created; None for an in-memory database."""
-    path = url.split("///", 1)[-1]
-    if not path or path == ":memory:":
-        return None
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return Path(path)
+    path = sqlite_database_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 # Any constant will do, as long as nothing else in the database takes this advisory lock.
