@@ -10,6 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -88,7 +89,9 @@ class ReceiptKeys:
     def sign(self, claims: dict[str, Any], *, typ: str = RECEIPT_TYPE) -> str:
         """Sign claims as a compact JWS; `typ` tells consent receipts from deletion receipts."""
         header = self._receipt_header if typ == RECEIPT_TYPE else _header_segment(typ, self.kid)
-        payload = b64url(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+        # The bytes json.dumps(sort_keys=True) wrote for ASCII claims (orjson leaves other text
+        # as UTF-8), at a sixth of its cost (1.0 against 6.4 µs here): one is signed per check.
+        payload = b64url(orjson.dumps(claims, option=orjson.OPT_SORT_KEYS))
         signing_input = header + "." + payload
         return signing_input + "." + b64url(self.signing.sign(signing_input.encode()))
 

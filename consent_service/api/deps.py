@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -19,6 +20,7 @@ from consent_service.models import PrincipalRef
 from consent_service.receipts import ReceiptKeys
 from consent_service.replica import ConsentReplica
 from consent_service.secretbox import SecretBox
+from consent_service.services.checks import CheckLimits
 from consent_service.settings import Settings
 from consent_service.webhook_dispatcher import WebhookDispatcher
 from policy.routes import RoutePolicy
@@ -42,6 +44,18 @@ class Runtime:
     anchors_pem: bytes = b""  # C2PA trust anchors
     jobs: Any = None  # JobQueue, set at start-up
     verifications: Any = None  # JobQueue for verification attempts, set at start-up
+
+    @cached_property
+    def check_limits(self) -> CheckLimits:
+        """The settings a consent check applies, built once: every check needs them."""
+        s = self.settings
+        return CheckLimits(
+            max_cameos=s.max_cameos_per_check,
+            max_prompt_chars=s.max_prompt_chars,
+            receipt_ttl=s.receipt_ttl_seconds,
+            issuer=s.receipt_issuer,
+            adult_age=s.adult_age_years,
+        )
 
 
 # Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` one on

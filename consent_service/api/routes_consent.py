@@ -13,27 +13,14 @@ from consent_service.schemas import (
     INT64_MAX,
     AuditEventPublic,
     AuditPagePublic,
-    CameoDecisionPublic,
     ConsentCheckRequest,
     ConsentCheckResponse,
     ReceiptStatusRequest,
     ReceiptStatusResponse,
-    Restrictions,
 )
 from consent_service.services import audit_read, checks
 
 router = APIRouter(tags=["consent"])
-
-
-def _limits(runtime: RuntimeDep) -> checks.CheckLimits:
-    s = runtime.settings
-    return checks.CheckLimits(
-        max_cameos=s.max_cameos_per_check,
-        max_prompt_chars=s.max_prompt_chars,
-        receipt_ttl=s.receipt_ttl_seconds,
-        issuer=s.receipt_issuer,
-        adult_age=s.adult_age_years,
-    )
 
 
 @router.post("/v1/consent/checks", response_model=ConsentCheckResponse)
@@ -53,28 +40,28 @@ async def consent_check(
         purpose=str(body.purpose),
         prompt=body.prompt,
         at_least_as_fresh=body.at_least_as_fresh,
-        limits=_limits(runtime),
+        limits=runtime.check_limits,
     )
-    # Built from the service's own typed result, so not validated again (on the hot path
-    # nothing else would validate it; three models a check were per-request work for nothing).
-    return ConsentCheckResponse.model_construct(
-        check_id=result.check_id,
-        allowed=result.allowed,
-        consent_revision=result.revision,
-        receipt=result.receipt,
-        receipt_expires_at=result.receipt_expires_at,
-        decisions=[
-            CameoDecisionPublic.model_construct(
-                handle=d.handle,
-                cameo_id=d.cameo_id,
-                allowed=d.allowed,
-                reason=d.reason,
-                restrictions=Restrictions.model_construct(
-                    banned_terms=d.banned_terms, instructions=d.instructions
-                ),
-            )
-            for d in result.decisions
-        ],
+    # Validated from plain data in pydantic-core (4.5 µs here) rather than built with
+    # model_construct, which runs in Python (15 µs for the three models): this is per check.
+    return ConsentCheckResponse.model_validate(
+        {
+            "check_id": result.check_id,
+            "allowed": result.allowed,
+            "consent_revision": result.revision,
+            "receipt": result.receipt,
+            "receipt_expires_at": result.receipt_expires_at,
+            "decisions": [
+                {
+                    "handle": d.handle,
+                    "cameo_id": d.cameo_id,
+                    "allowed": d.allowed,
+                    "reason": d.reason,
+                    "restrictions": {"banned_terms": d.banned_terms, "instructions": d.instructions},
+                }
+                for d in result.decisions
+            ],
+        }
     )
 
 
