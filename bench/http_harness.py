@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cpu_account import WindowSampler, compare_windows, cpu_times, process_cpu, tree_cpu
+from bench.vcpu_stalls import StallWatch, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,39 +185,44 @@ def load(
     tree_before = tree_cpu(server_pid) if server_pid is not None else {}
     before = cpu_times()
     sampler = WindowSampler(server_pid) if window and server_pid is not None else None
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "loadgen.py"),
-            *(["--warmup"] if warmup else []),
-            "--port",
-            str(port),
-            "--token",
-            token,
-            "--bodies",
-            str(bodies),
-            "--rate",
-            str(rate),
-            "--seconds",
-            str(seconds),
-            *(["--window", str(window)] if window else []),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
+    watch = StallWatch()
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "loadgen.py"),
+                *(["--warmup"] if warmup else []),
+                "--port",
+                str(port),
+                "--token",
+                token,
+                "--bodies",
+                str(bodies),
+                "--rate",
+                str(rate),
+                "--seconds",
+                str(seconds),
+                *(["--window", str(window)] if window else []),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
+    finally:
+        stalls = watch.stop()
     after = cpu_times()
     total = sum(after) - sum(before)
     summary = json.loads(out.stdout)
+    span = summary.pop("measured_span")
+    start, requests = summary.pop("window_start", None), summary.pop("window_requests", [])
     if sampler is not None:
-        summary["window_cpu"] = sampler.stop().by_window(
-            start=summary.pop("window_start"), window=window, requests=summary.pop("window_requests")
-        )
+        summary["window_cpu"] = sampler.stop().by_window(start=start, window=window, requests=requests)
     result = {
         **summary,
         "probe_median_ms": probe["work_median_ms"],
         "steal_share": round((after[7] - before[7]) / total, 4) if total else None,
+        "vcpu_stalls": summarize(stalls, span=span, window=window, windows=len(requests)),
     }
     if server_pid is not None and summary["requests"]:
         spent = {p: cpu - tree_before.get(p, 0.0) for p, cpu in tree_cpu(server_pid).items()}
@@ -428,6 +434,7 @@ def soak(port: int, token: str, bodies: Path, rate: int, seconds: float, server_
     )
     windows = run.pop("window_p99_ms")
     cpu = run.pop("window_cpu")
+    stopped = (run["vcpu_stalls"] or {}).pop("all_vcpus_stalled_ms_by_window", None)
     print("http soak", run, flush=True)
     met = [p for p in windows if p is not None and p <= GOAL_P99_MS]
     return {
@@ -441,6 +448,18 @@ def soak(port: int, token: str, bodies: Path, rate: int, seconds: float, server_
         "missed_against_met_windows": (
             compare_windows(windows, cpu, goal_ms=GOAL_P99_MS) if len(cpu) == len(windows) else None
         ),
+        **(_stopped_windows(windows, stopped) if stopped is not None else {}),
+    }
+
+
+def _stopped_windows(p99s: list[float | None], stopped: list[float]) -> dict:
+    """Each window's milliseconds with the whole guest stopped (bench/vcpu_stalls.py), and the
+    missed windows in which it never stopped: those the service has to answer for."""
+    missed = [k for k, p in enumerate(p99s) if p is None or p > GOAL_P99_MS]
+    return {
+        "window_all_vcpus_stalled_ms": stopped,
+        "missed_windows_with_guest_stopped": sum(1 for k in missed if stopped[k] > 0),
+        "missed_windows_without": sum(1 for k in missed if stopped[k] == 0),
     }
 
 

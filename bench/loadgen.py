@@ -119,6 +119,9 @@ async def run(
         "p90_ms": _quantile_ms(lat, 0.90),
         "p99_ms": _quantile_ms(lat, 0.99),
         "max_ms": _quantile_ms(lat, 1.0),
+        # On the system-wide monotonic clock (time.perf_counter() on Linux): the harness
+        # counts what it watched meanwhile (bench/vcpu_stalls.py) over this span only.
+        "measured_span": [start, start + elapsed],
     }
     if window:
         # A long run's p99 hides how its stretches differ: each window's own p99, by due time.
