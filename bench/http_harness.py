@@ -454,12 +454,14 @@ def soak(port: int, token: str, bodies: Path, rate: int, seconds: float, server_
 
 def _stopped_windows(p99s: list[float | None], stopped: list[float]) -> dict:
     """Each window's milliseconds with the whole guest stopped (bench/vcpu_stalls.py), and the
-    missed windows in which it never stopped: those the service has to answer for."""
+    missed windows split by whether it stopped for at least the goal's 10 ms in them: a stop that
+    long alone puts every check due or in flight during it over the goal. The others are the
+    misses the service has to answer for."""
     missed = [k for k, p in enumerate(p99s) if p is None or p > GOAL_P99_MS]
     return {
         "window_all_vcpus_stalled_ms": stopped,
-        "missed_windows_with_guest_stopped": sum(1 for k in missed if stopped[k] > 0),
-        "missed_windows_without": sum(1 for k in missed if stopped[k] == 0),
+        "missed_windows_with_guest_stopped": sum(1 for k in missed if stopped[k] >= GOAL_P99_MS),
+        "missed_windows_without": sum(1 for k in missed if stopped[k] < GOAL_P99_MS),
     }
 
 
