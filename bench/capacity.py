@@ -2,7 +2,7 @@
 
 The same service code met the goal (p99 ≤ 10 ms) up to 4,000 checks/s on one machine and
 missed it at 1,500/s on another, and on one machine from one half hour to the next. What moved
-with it was the steadiness probe (`http_harness.cpu_steadiness`: the time a fixed piece of
+with it was the steadiness probe (`bench.machine.cpu_steadiness`: the time a fixed piece of
 Python work takes on the idle machine), which every HTTP run records. Across the runs on
 record, the highest rate meeting the goal times the probe's median stays within a band, so a
 few seconds of probe on an idle machine estimate what the service will hold there:
@@ -16,7 +16,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.http_harness import cpu_steadiness, meets_goal
+from bench.http_harness import meets_goal
+from bench.machine import cpu_steadiness
 
 # The rate for the HTTP goal, in checks a second on 2 cores.
 GOAL_RATE = 1500

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.capacity import capacity_by_speed  # noqa: E402
-from bench.http_harness import free_port, http_load, pct_ms, serve  # noqa: E402
+from bench.http_harness import free_port, http_load, serve  # noqa: E402
+from bench.machine import pct_ms  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "consent_check.json"
 # Not carried over by a merge: bookkeeping, and the capacity summary, derived anew from the HTTP runs.

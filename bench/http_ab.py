@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.cpu_account import tree_cpu  # noqa: E402
-from bench.http_harness import check_bodies, free_port, load, machine_state, serve  # noqa: E402
+from bench.http_harness import check_bodies, free_port, load, serve  # noqa: E402
+from bench.machine import machine_state  # noqa: E402
 
 # Run in the side's own checkout, so its own migrations and dataset code build the database.
 _BUILD = """

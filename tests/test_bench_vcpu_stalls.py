@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from bench.http_harness import _stopped_windows
-from bench.vcpu_stalls import StallWatch, can_watch, summarize
+from bench.vcpu_stalls import StallWatch, can_watch, split_missed_windows, summarize
 
 
 def test_only_the_time_every_vcpu_stalled_at_once_counts_as_the_guest_stopped() -> None:
@@ -35,7 +34,9 @@ def test_stalls_outside_the_measured_span_are_left_out() -> None:
 
 
 def test_missed_windows_are_split_by_whether_the_guest_stopped_as_long_as_the_goal_in_them() -> None:
-    out = _stopped_windows([2.0, 14.0, 21.0, None, 3.0, 12.0], [0.0, 22.5, 0.0, 0.0, 9.0, 4.0])
+    out = split_missed_windows(
+        [2.0, 14.0, 21.0, None, 3.0, 12.0], [0.0, 22.5, 0.0, 0.0, 9.0, 4.0], goal_ms=10.0
+    )
     assert out["missed_windows_with_guest_stopped"] == 1
     # 21 ms with no stop, a window with no answer at all, and 12 ms beside a 4 ms stop
     assert out["missed_windows_without"] == 3
